@@ -28,7 +28,7 @@ setup(
     extras_require={"test": ["pytest>=7"]},
     entry_points={
         "console_scripts": [
-            "ddcache=ddcache.cli:main",
+            "ddcache=ddcache.cli:run",
             "ddtrain=trainer.cli:main",
         ]
     },

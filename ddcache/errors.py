@@ -16,3 +16,16 @@ class CorruptRecordError(Exception):
         super().__init__(f"corrupt record {key!r}: {reason}")
         self.key = key
         self.reason = reason
+
+
+class SkipSample(Exception):
+    """One annotation line cannot become a sample.
+
+    ``reason`` is a short stable tag counted in the skip report; the build
+    goes on with the next line.
+    """
+
+    def __init__(self, reason, detail=""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,244 @@
+"""The `ddcache` command line: list, describe, sample, build, info, verify, show, export, bench.
+
+User mistakes end as one line on stderr and exit code 2; data problems are
+counted in the skip report, never fatal.
+"""
+import json
+import os
+import sys
+
+import click
+
+from . import __version__
+from .errors import CorruptRecordError, UserError
+
+
+def _shard(value):
+    if value is None:
+        return (0, 1)
+    try:
+        i, n = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected I/N, e.g. 0/4") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise click.BadParameter(f"{value!r}: need 0 <= I < N")
+    return (i, n)
+
+
+def _dpi(value):
+    if value == "auto":
+        return value
+    try:
+        dpi = float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: a number or 'auto'") from None
+    if dpi <= 0:
+        raise click.BadParameter("must be > 0")
+    return dpi
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="ddcache")
+def main():
+    """Build table datasets once into an LMDB cache; stream them into training many times.
+
+    \b
+    Typical use:
+      ddcache sample fintabnet --out raw/          # synthetic data in FinTabNet's raw layout
+      ddcache build fintabnet --source raw/ --split train --out cache/train
+      ddcache info cache/train ; ddcache verify cache/train
+      ddcache show cache/train --index 0 --out sample.png
+    """
+
+
+@main.command("list")
+def list_cmd():
+    """List the registered datasets."""
+    from .datasets import REGISTRY
+
+    for name in sorted(REGISTRY):
+        click.echo(f"{name:<12} {REGISTRY[name].description}")
+
+
+@main.command()
+@click.argument("name")
+def describe(name):
+    """Show a dataset's splits, modes, categories and expected raw layout."""
+    from .datasets import get_reader
+
+    r = get_reader(name)
+    click.echo(f"{r.name}: {r.description}")
+    click.echo(f"splits:     {', '.join(r.splits)}")
+    click.echo(f"modes:      {', '.join(r.modes)}")
+    click.echo(f"categories: {', '.join(r.categories)}")
+    click.echo(f"box units:  {'PDF points, origin bottom-left' if r.source_units == 'pt' else 'image pixels, origin top-left'}")
+    click.echo("layout:")
+    click.echo("  " + r.layout_help.replace("\n", "\n  "))
+
+
+@main.command()
+@click.argument("dataset", type=click.Choice(["fintabnet", "pubtabnet"]))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to write the raw dataset into.")
+@click.option("--pages", default=24, show_default=True, type=click.IntRange(1), help="Pages (fintabnet) or images (pubtabnet).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Same seed, same bytes.")
+def sample(dataset, out, pages, seed):
+    """Write a synthetic dataset in exactly the raw layout and format of the real one."""
+    from .synth import write_sample
+
+    summary = write_sample(dataset, out, pages=pages, seed=seed)
+    splits = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
+    click.echo(f"wrote {summary['tables']} tables on {summary['pages']} pages to {out} ({splits})")
+
+
+@main.command()
+@click.argument("dataset")
+@click.option("--source", required=True, type=click.Path(), help="Unpacked raw dataset directory.")
+@click.option("--split", default="train", show_default=True)
+@click.option("--out", required=True, type=click.Path(), help="Cache directory to create (published atomically).")
+@click.option("--mode", default="table", show_default=True, type=click.Choice(["table", "page"]),
+              help="table: one sample per table crop (CELL/ROW/COLUMN); page: whole pages (TABLE + CELL).")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(0), help="Worker processes; 0 = all cores.")
+@click.option("--encoding", default="png", show_default=True, type=click.Choice(["png", "jpeg", "raw"]))
+@click.option("--jpeg-quality", default=90, show_default=True, type=click.IntRange(1, 100))
+@click.option("--dpi", default="auto", show_default=True, callback=lambda c, p, v: _dpi(v),
+              help="Render resolution; 'auto' stores each table at the largest size training uses "
+                   "(short edge <= --max-short, long edge <= --max-long).")
+@click.option("--max-short", default=1200, show_default=True, type=click.IntRange(16), help="Largest training short edge (auto dpi).")
+@click.option("--max-long", default=1408, show_default=True, type=click.IntRange(16), help="Largest training long edge (auto dpi).")
+@click.option("--pad", default=0.0, show_default=True, type=click.FloatRange(0), help="Margin around the table, in source units (points / pixels).")
+@click.option("--first-row-header", is_flag=True, help="Mark the first row as header (FinTabNet has no <thead>; noisy, opt-in).")
+@click.option("--annotations", default="table", show_default=True, type=click.Choice(["table", "cell"]),
+              help="FinTabNet annotation files: table_* (with table bbox) or cell_* (box = union of cells).")
+@click.option("--max-datapoints", type=click.IntRange(1), help="Stop after this many samples are written.")
+@click.option("--min-rows", type=click.IntRange(0))
+@click.option("--max-rows", type=click.IntRange(0))
+@click.option("--min-cols", type=click.IntRange(0))
+@click.option("--max-cols", type=click.IntRange(0))
+@click.option("--min-cells", type=click.IntRange(0))
+@click.option("--max-cells", type=click.IntRange(0))
+@click.option("--shard", callback=lambda c, p, v: _shard(v), help="Build only shard I of N (I/N), e.g. 0/4.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing cache at --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def build(dataset, quiet, **kw):
+    """Render each table once and write an LMDB cache (parallel, resumable, deterministic).
+
+    Re-running the same command after a crash or kill continues where it
+    stopped. Bad lines are skipped and counted by reason (see `ddcache info`
+    and CACHE/skipped.jsonl).
+    """
+    from .build import BuildOptions, build_cache
+
+    opts = BuildOptions(dataset=dataset, **kw)
+    summary = build_cache(opts, progress=not quiet, echo=lambda m: click.echo(m, err=True))
+    skipped = ", ".join(f"{k} {v}" for k, v in summary["skipped"].items()) or "none"
+    click.echo(
+        f"{summary['out']}: {summary['num_samples']} samples from {summary['num_read']} lines "
+        f"({summary['num_skipped']} skipped: {skipped}); {summary['bytes'] / 1e6:.1f} MB"
+    )
+
+
+@main.command()
+@click.argument("caches", nargs=-1, required=True, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def info(caches, as_json):
+    """Summarise one cache or a list of shard caches (read as one dataset)."""
+    from .summary import format_summary, summarize
+
+    s = summarize(caches)
+    click.echo(json.dumps(s, indent=2) if as_json else format_summary(s))
+
+
+@main.command()
+@click.argument("caches", nargs=-1, required=True, type=click.Path())
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def verify(caches, quiet):
+    """Decode every record and image and check every checksum. Exit 1 naming bad keys."""
+    from .verify import verify_cache
+
+    bad = 0
+    for path in caches:
+        problems = verify_cache(path, progress=not quiet)
+        for key, problem in problems[:50]:
+            click.echo(f"{path}: {key}: {problem}", err=True)
+        if len(problems) > 50:
+            click.echo(f"{path}: ... and {len(problems) - 50} more", err=True)
+        bad += len(problems)
+        if not problems:
+            click.echo(f"{path}: OK")
+    if bad:
+        click.echo(f"verify: {bad} problem(s)", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("caches", nargs=-1, required=True, type=click.Path())
+@click.option("--index", "index", default=0, show_default=True, type=click.IntRange(0), help="Sample index (over all caches given).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+@click.option("--categories", default=None, help="Comma-separated subset, e.g. CELL or ROW,COLUMN.")
+def show(caches, index, out, categories):
+    """Draw one sample with cells, rows and columns in distinct colours and a legend."""
+    from .categories import ids_for
+    from .draw import draw_sample
+    from .store import CacheReader
+
+    reader = CacheReader(caches)
+    if index >= len(reader):
+        raise UserError(f"--index {index} out of range: the cache holds {len(reader)} samples")
+    try:
+        wanted = set(ids_for(categories.split(","))) if categories else None
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    counts = draw_sample(reader.get(index), out, wanted)
+    from .categories import NAMES
+
+    click.echo(f"wrote {out} (" + ", ".join(f"{NAMES[c]} {n}" for c, n in sorted(counts.items())) + ")")
+
+
+@main.command()
+@click.argument("caches", nargs=-1, required=True, type=click.Path())
+@click.option("--format", "fmt", default="coco", show_default=True, type=click.Choice(["coco"]))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for images/ and instances.json.")
+@click.option("--categories", default=None, help="Comma-separated subset, e.g. CELL.")
+@click.option("--overwrite", is_flag=True)
+def export(caches, fmt, out, categories, overwrite):
+    """Export images + a COCO instances.json (for other frameworks and pycocotools)."""
+    from .categories import ids_for
+    from .export import export_coco
+
+    try:
+        wanted = ids_for(categories.split(",")) if categories else None
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    n_img, n_ann = export_coco(caches, out, wanted, overwrite=overwrite)
+    click.echo(f"wrote {n_img} images and {n_ann} annotations to {out}")
+
+
+def _register_optional():
+    try:
+        from .bench import bench
+    except ImportError:  # the streaming half is optional at import time
+        return
+    main.add_command(bench)
+
+
+_register_optional()
+
+
+def run():
+    """Entry point with the one-line error policy."""
+    try:
+        main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (UserError, CorruptRecordError) as exc:
+        click.echo(f"ddcache: error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted (a build re-run with the same command resumes)", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        os._exit(0)

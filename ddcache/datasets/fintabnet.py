@@ -1,0 +1,78 @@
+"""FinTabNet reader (IBM, 2021): one-page PDFs + PubTabNet-style html in jsonl.
+
+Boxes are PDF points, origin bottom-left, in the page's user space; there is
+no <thead>, so header flags exist only with the opt-in ``first_row_header``.
+"""
+from pathlib import Path
+
+from ..errors import UserError
+from ..geometry import union
+from ..page import PdfPage
+from .base import DatasetReader, SkipSample, TableAnnotation, cells_from_html, read_jsonl, safe_join
+
+_FILE = "FinTabNet_1.0.0_{kind}_{split}.jsonl"
+
+
+class FinTabNetReader(DatasetReader):
+    name = "fintabnet"
+    description = "FinTabNet 1.0.0: ~112K tables from S&P 500 annual reports (one-page PDFs + jsonl)"
+    splits = ("train", "val", "test")
+    modes = ("table", "page")
+    source_units = "pt"
+    raster = False
+    categories = ("TABLE", "CELL", "ROW", "COLUMN")
+    layout_help = (
+        "fintabnet/\n"
+        "  pdf/<TICKER>/<YEAR>/page_<N>.pdf          one page per PDF\n"
+        "  FinTabNet_1.0.0_table_{train,val,test}.jsonl   (with table bbox; default)\n"
+        "  FinTabNet_1.0.0_cell_{train,val,test}.jsonl    (--annotations cell: table box = union of cells)"
+    )
+
+    def annotation_path(self, source, split, options):
+        kind = options.get("annotations", "table")
+        if kind not in ("table", "cell"):
+            raise UserError(f"--annotations must be 'table' or 'cell', not {kind!r}")
+        return Path(source) / _FILE.format(kind=kind, split=split)
+
+    def check_source(self, source, split, options=None):
+        source = self.require_dir(source)
+        if split not in self.splits:
+            raise UserError(f"fintabnet has no split {split!r} (choose from {', '.join(self.splits)})")
+        path = self.annotation_path(source, split, options or {})
+        if not path.is_file():
+            raise UserError(f"{path} not found: is {source} an unpacked FinTabNet directory? (see `ddcache describe fintabnet`)")
+        if not (source / "pdf").is_dir():
+            raise UserError(f"{source / 'pdf'} not found: FinTabNet PDFs are expected under pdf/")
+
+    def annotation_lines(self, source, split, options):
+        path = self.annotation_path(source, split, options)
+        yield from read_jsonl(path, path.name)
+
+    def parse(self, line, options):
+        rec = line.record
+        for key in ("html", "filename"):
+            if key not in rec:
+                raise SkipSample("missing_field", key)
+        cells, num_rows, num_cols = cells_from_html(rec["html"], options.get("first_row_header", False))
+        bbox = rec.get("bbox")
+        if bbox is None:
+            bbox = union([c.bbox for c in cells if c.bbox is not None])
+        elif not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and bbox[2] > bbox[0] and bbox[3] > bbox[1]):
+            raise SkipSample("bad_box", f"table bbox {bbox!r}")
+        return TableAnnotation(
+            source_file=rec["filename"],
+            line_no=line.line_no,
+            annotation_file=line.annotation_file,
+            split=rec.get("split", ""),
+            table_id=rec.get("table_id"),
+            table_bbox=tuple(float(v) for v in bbox),
+            cells=cells,
+            num_rows=num_rows,
+            num_cols=num_cols,
+        )
+
+    def open_page(self, source, annotation):
+        path = safe_join(Path(source) / "pdf", annotation.source_file)
+        if not path.is_file():
+            raise SkipSample("missing_file", annotation.source_file)
+        return PdfPage(path)

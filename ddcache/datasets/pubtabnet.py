@@ -1,0 +1,64 @@
+"""PubTabNet 2.0.0 reader: PNG table images + one jsonl, boxes in image pixels (top-left origin).
+
+Unlike FinTabNet it has real <thead> header rows. Every image is already a
+table crop, so only table mode exists and the table box is the whole image.
+"""
+from pathlib import Path
+
+from ..errors import UserError
+from ..page import RasterPage
+from .base import DatasetReader, SkipSample, TableAnnotation, cells_from_html, read_jsonl, safe_join
+
+_FILE = "PubTabNet_2.0.0.jsonl"
+
+
+class PubTabNetReader(DatasetReader):
+    name = "pubtabnet"
+    description = "PubTabNet 2.0.0: ~568K table images from PubMed Central (PNG + one jsonl)"
+    splits = ("train", "val", "test")
+    modes = ("table",)
+    source_units = "px"
+    raster = True
+    categories = ("CELL", "ROW", "COLUMN")
+    layout_help = (
+        "pubtabnet/\n"
+        "  train/*.png  val/*.png  test/*.png\n"
+        "  PubTabNet_2.0.0.jsonl      one line per image, field `split` selects the split"
+    )
+
+    def check_source(self, source, split, options=None):
+        source = self.require_dir(source)
+        if split not in self.splits:
+            raise UserError(f"pubtabnet has no split {split!r} (choose from {', '.join(self.splits)})")
+        if not (source / _FILE).is_file():
+            raise UserError(f"{source / _FILE} not found: is {source} an unpacked PubTabNet directory?")
+
+    def annotation_lines(self, source, split, options):
+        for line in read_jsonl(Path(source) / _FILE, _FILE):
+            if line.record is not None and line.record.get("split") != split:
+                continue  # other splits are not part of this build at all (not read, not skipped)
+            yield line
+
+    def parse(self, line, options):
+        rec = line.record
+        for key in ("html", "filename", "split"):
+            if key not in rec:
+                raise SkipSample("missing_field", key)
+        cells, num_rows, num_cols = cells_from_html(rec["html"])
+        return TableAnnotation(
+            source_file=f"{rec['split']}/{rec['filename']}",
+            line_no=line.line_no,
+            annotation_file=line.annotation_file,
+            split=rec["split"],
+            table_id=rec.get("imgid"),
+            table_bbox=None,  # the whole image, known once it is opened
+            cells=cells,
+            num_rows=num_rows,
+            num_cols=num_cols,
+        )
+
+    def open_page(self, source, annotation):
+        path = safe_join(source, annotation.source_file)
+        page = RasterPage(path)
+        annotation.table_bbox = (0.0, 0.0, page.width, page.height)
+        return page
