@@ -118,6 +118,7 @@ def sample(dataset, out, pages, seed):
 @click.option("--max-cells", type=click.IntRange(0))
 @click.option("--shard", callback=lambda c, p, v: _shard(v), help="Build only shard I of N (I/N), e.g. 0/4.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing cache at --out.")
+@click.option("--commit-every", default=32, hidden=True, type=click.IntRange(1))
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def build(dataset, quiet, **kw):
     """Render each table once and write an LMDB cache (parallel, resumable, deterministic).

@@ -51,3 +51,26 @@ def draw_real_pages(root):
 @pytest.fixture(scope="session")
 def real_source(tmp_path_factory):
     return draw_real_pages(tmp_path_factory.mktemp("real"))
+
+
+def replicate_source(src, dst, copies):
+    """A larger FinTabNet-layout source: the real pages copied ``copies`` times under new tickers."""
+    src, dst = Path(src), Path(dst)
+    lines = [json.loads(l) for l in (src / "FinTabNet_1.0.0_table_val.jsonl").read_text().splitlines() if l.strip()]
+    out = []
+    for k in range(copies):
+        for original in lines:
+            rec = json.loads(json.dumps(original))
+            rec["table_id"] = original["table_id"] * 1000 + k
+            rec["filename"] = f"R{k:03d}{original['filename']}"
+            target = dst / "pdf" / rec["filename"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src / "pdf" / original["filename"], target)
+            out.append(json.dumps(rec))
+    (dst / "FinTabNet_1.0.0_table_val.jsonl").write_text("\n".join(out) + "\n")
+    return dst
+
+
+@pytest.fixture(scope="session")
+def replicated_source(real_source, tmp_path_factory):
+    return replicate_source(real_source, tmp_path_factory.mktemp("replicated"), 12)

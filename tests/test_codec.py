@@ -1,0 +1,60 @@
+import msgpack
+import numpy as np
+import pytest
+
+from ddcache.codec import ENCODINGS, checksum, decode_record, encode_record, pack_array, unpack_array
+from ddcache.errors import CorruptRecordError
+
+
+def _sample(h=40, w=60):
+    rng = np.random.RandomState(1)
+    img = np.full((h, w, 3), 255, np.uint8)
+    img[10:20, 5:30] = rng.randint(0, 80, (10, 25, 3))
+    return {
+        "image": img,
+        "boxes": np.array([[5, 10, 30, 20], [0, 0, 60, 40]], np.float32),
+        "category_ids": np.array([2, 3], np.int32),
+        "attributes": {"row": [0, 0], "col": [1, -1]},
+        "num_rows": 1,
+        "num_cols": 2,
+        "provenance": {"source_file": "A/2017/page_1.pdf", "scale": 2.0},
+    }
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODINGS))
+def test_round_trip(encoding):
+    s = _sample()
+    raw = encode_record(s, encoding)
+    d = decode_record("00000001", raw)
+    assert d["key"] == "00000001"
+    assert d["boxes"].dtype == np.float32 and np.array_equal(d["boxes"], s["boxes"])
+    assert d["category_ids"].tolist() == [2, 3]
+    assert d["attributes"]["col"].tolist() == [1, -1]
+    assert d["provenance"] == s["provenance"]
+    assert d["image"].shape == s["image"].shape and d["image"].dtype == np.uint8
+    if ENCODINGS[encoding].lossless:
+        assert np.array_equal(d["image"], s["image"])
+    else:
+        assert np.abs(d["image"].astype(int) - s["image"]).mean() < 8
+
+
+def test_deterministic_bytes():
+    assert encode_record(_sample(), "png") == encode_record(_sample(), "png")
+    assert checksum(encode_record(_sample(), "png")) != checksum(encode_record(_sample(h=41), "png"))
+
+
+def test_corruption_names_the_key():
+    raw = bytearray(encode_record(_sample(), "png"))
+    with pytest.raises(CorruptRecordError, match="00000007"):
+        decode_record("00000007", bytes(raw[: len(raw) // 2]))
+    payload = msgpack.unpackb(bytes(raw), raw=False)
+    payload["image"]["data"] = payload["image"]["data"][:20]
+    with pytest.raises(CorruptRecordError, match="image|decode"):
+        decode_record("00000007", msgpack.packb(payload, use_bin_type=True))
+
+
+def test_object_arrays_are_refused():
+    with pytest.raises(ValueError):
+        pack_array(np.array([object()], dtype=object))
+    with pytest.raises(ValueError):
+        unpack_array({"dtype": "O", "shape": [1], "data": b"x"})
