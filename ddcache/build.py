@@ -310,6 +310,11 @@ def _build(reader, opts, out, partial, progress, echo):
     try:
         saved = writer.get_meta("options")
         wanted = opts.record_options()
+        if saved is not None and saved != wanted and opts.overwrite:
+            writer.close()
+            shutil.rmtree(partial)  # --overwrite: an old unfinished build with other options is discarded
+            writer = _open_writer(partial)
+            saved = None
         if saved is not None and saved != wanted:
             changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
             raise UserError(

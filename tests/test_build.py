@@ -181,3 +181,31 @@ def test_user_mistakes(real_source, tmp_path):
         build_cache(BuildOptions(dataset="imagenet", source=str(real_source), out=str(tmp_path / "e")), progress=False)
     with pytest.raises(UserError, match="no split"):
         build_cache(_opts(real_source, tmp_path / "f", split="dev"), progress=False)
+
+
+def test_page_mode_has_table_and_cell_boxes(real_source, tmp_path):
+    s = build_cache(_opts(real_source, tmp_path / "p", mode="page", dpi="auto"), progress=False)
+    assert s["num_samples"] == 4 and s["boxes_per_category"]["TABLE"] == 4
+    r = CacheReader(tmp_path / "p")
+    sample = r.get(0)
+    h, w = sample["image"].shape[:2]
+    assert (w, h) == (1088, 1408)  # Letter page at the largest training size
+    tables = sample["boxes"][sample["category_ids"] == C.TABLE]
+    cells = sample["boxes"][sample["category_ids"] == C.CELL]
+    assert len(tables) == 1 and len(cells) == 14
+    # every cell lies inside its table box
+    t = tables[0]
+    assert (cells[:, 0] >= t[0] - 1).all() and (cells[:, 2] <= t[2] + 1).all()
+    assert (cells[:, 1] >= t[1] - 1).all() and (cells[:, 3] <= t[3] + 1).all()
+
+
+def test_overwrite_discards_a_partial_build_with_other_options(real_source, tmp_path):
+    from ddcache.store import LmdbWriter
+
+    w = LmdbWriter(tmp_path / "c.partial")
+    w.commit([], {"options": {"dataset": "fintabnet", "encoding": "jpeg"}})
+    w.close()
+    with pytest.raises(UserError, match="other options"):
+        build_cache(_opts(real_source, tmp_path / "c"), progress=False)
+    s = build_cache(_opts(real_source, tmp_path / "c", overwrite=True), progress=False)
+    assert s["num_samples"] == 4
