@@ -241,7 +241,7 @@ def render_samples(opts):
 
 def _results(tasks, opts):
     """Results in task order, computed in a bounded pool (or inline for 1 worker)."""
-    workers = opts.workers or os.cpu_count() or 1
+    workers = opts.workers or available_cores()
     if workers == 1:
         _init_worker(opts)
         for task in tasks:
@@ -264,6 +264,14 @@ def _results(tasks, opts):
             if not pending:
                 return
             yield pending.popleft().get()
+
+
+def available_cores():
+    """Cores this process may run on (cgroup/affinity aware, unlike os.cpu_count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def _fresh_progress():

@@ -110,3 +110,24 @@ def test_existing_out_needs_overwrite(cache, real_source):
 def test_show_index_out_of_range(cache, tmp_path):
     r = ddcache("show", cache, "--index", 99, "--out", tmp_path / "a.png")
     assert r.returncode == 2 and "out of range" in r.stderr
+
+
+def test_export_coco_loads_in_pycocotools(cache, tmp_path):
+    from pycocotools.coco import COCO
+
+    out = tmp_path / "coco"
+    r = ddcache("export", cache, "--format", "coco", "--out", out, "--categories", "CELL")
+    assert r.returncode == 0, r.stderr
+    coco = COCO(str(out / "instances.json"))
+    assert len(coco.getImgIds()) == 4
+    assert len(coco.getAnnIds()) == 159 and coco.getCatIds() == [2]
+    img = coco.loadImgs(1)[0]
+    import cv2
+
+    pixels = cv2.imread(str(out / img["file_name"]))
+    assert pixels.shape[:2] == (img["height"], img["width"])
+    ann = coco.loadAnns(coco.getAnnIds(imgIds=[1]))[0]
+    x, y, w, h = ann["bbox"]
+    assert 0 <= x and x + w <= img["width"] + 1e-3 and 0 <= y and y + h <= img["height"] + 1e-3
+    again = ddcache("export", cache, "--out", out)
+    assert again.returncode == 2 and "already exists" in again.stderr
