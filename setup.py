@@ -29,7 +29,7 @@ setup(
     entry_points={
         "console_scripts": [
             "ddcache=ddcache.cli:run",
-            "ddtrain=trainer.cli:main",
+            "ddtrain=trainer.cli:run",
         ]
     },
 )

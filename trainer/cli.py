@@ -1,0 +1,54 @@
+"""The `ddtrain` command line: train, eval, predict, export.
+
+Each command lives in the module of its concept (train.py, evaluate.py,
+predictor.py, inference_export.py) as a click command; this module only
+assembles them and applies the error policy (user mistakes -> one line on
+stderr, exit 2).
+"""
+import importlib
+import sys
+
+import click
+
+import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+
+_COMMANDS = (("trainer.train", "train"), ("trainer.evaluate", "eval_cmd"), ("trainer.predictor", "predict"),
+             ("trainer.inference_export", "export"))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def main():
+    """Train and evaluate the Cascade R-CNN cell detector from ddcache caches.
+
+    \b
+      ddtrain train --config configs/cell.yaml --train CACHE --val CACHE --logdir runs/cell
+      ddtrain eval --config configs/cell.yaml --cache CACHE --weights A --weights B
+      ddtrain predict --config configs/cell.yaml --weights CKPT --image x.png --out preds/
+      ddtrain export --weights CKPT --out model.npz
+    """
+
+
+for _module, _name in _COMMANDS:
+    try:
+        main.add_command(getattr(importlib.import_module(_module), _name))
+    except (ImportError, AttributeError):  # a command whose module is not there yet is simply absent
+        pass
+
+
+def run():
+    from ddcache.errors import UserError
+
+    try:
+        main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except UserError as exc:
+        click.echo(f"ddtrain: error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
