@@ -31,8 +31,9 @@ def main():
 for _module, _name in _COMMANDS:
     try:
         main.add_command(getattr(importlib.import_module(_module), _name))
-    except (ImportError, AttributeError):  # a command whose module is not there yet is simply absent
-        pass
+    except ModuleNotFoundError as exc:  # only a command module that does not exist is tolerated
+        if exc.name != _module:
+            raise
 
 
 def run():
