@@ -58,3 +58,16 @@ def test_object_arrays_are_refused():
         pack_array(np.array([object()], dtype=object))
     with pytest.raises(ValueError):
         unpack_array({"dtype": "O", "shape": [1], "data": b"x"})
+
+
+@pytest.mark.parametrize("encoding", ["png", "jpeg"])
+def test_neutral_images_round_trip_as_three_channels(encoding):
+    s = _sample()
+    s["image"] = np.repeat(s["image"][:, :, :1], 3, axis=2)  # B == G == R: stored as one channel
+    d = decode_record("k", encode_record(s, encoding))
+    assert d["image"].shape == s["image"].shape
+    if encoding == "png":
+        assert np.array_equal(d["image"], s["image"])
+    colour = _sample()
+    colour["image"][0, 0] = (0, 0, 255)  # one red pixel keeps the image in colour
+    assert np.array_equal(decode_record("k", encode_record(colour, "png"))["image"], colour["image"])
