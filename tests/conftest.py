@@ -74,3 +74,32 @@ def replicate_source(src, dst, copies):
 @pytest.fixture(scope="session")
 def replicated_source(real_source, tmp_path_factory):
     return replicate_source(real_source, tmp_path_factory.mktemp("replicated"), 12)
+
+
+@pytest.fixture(scope="session")
+def synth_fintabnet(tmp_path_factory):
+    from ddcache.synth import write_sample
+
+    root = tmp_path_factory.mktemp("synth_ftn")
+    write_sample("fintabnet", root, pages=16, seed=3)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synth_pubtabnet(tmp_path_factory):
+    from ddcache.synth import write_sample
+
+    root = tmp_path_factory.mktemp("synth_ptn")
+    write_sample("pubtabnet", root, pages=16, seed=3)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synth_cache(synth_fintabnet, tmp_path_factory):
+    """A small table-mode cache of the synthetic FinTabNet train split (low resolution for speed)."""
+    from ddcache.build import BuildOptions, build_cache
+
+    out = tmp_path_factory.mktemp("synth_cache") / "train"
+    build_cache(BuildOptions(dataset="fintabnet", source=str(synth_fintabnet), split="train", out=str(out), workers=1,
+                             max_short=400, max_long=600), progress=False)
+    return out
