@@ -1,0 +1,137 @@
+"""Config: the shipped YAML files carry the seed's values (FACTS.md §3), overrides parse, mistakes raise ConfigError."""
+import trainer  # noqa: F401
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+from trainer.config import DEFAULTS, Config, ConfigError, load_config, num_classes
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def cell():
+    return load_config(CONFIGS / "cell.yaml")
+
+
+def test_cell_yaml_is_the_seed_cell_config():
+    c = cell()
+    expected = {
+        "BACKBONE.BOTTLENECK": "resnext_32xd4", "BACKBONE.NORM": "GN", "BACKBONE.RESNET_NUM_BLOCKS": [3, 4, 6, 3],
+        "BACKBONE.FREEZE_AT": 2, "BACKBONE.FREEZE_AFFINE": False, "BACKBONE.TF_PAD_MODE": False,
+        "FPN.CASCADE": True, "FPN.NORM": "GN", "FPN.NUM_CHANNEL": 256, "FPN.ANCHOR_STRIDES": [4, 8, 16, 32, 64],
+        "FPN.PROPOSAL_MODE": "Level", "FPN.FRCNN_HEAD_FUNC": "fastrcnn_2fc_head", "FPN.FC_HEAD_DIM": 1024,
+        "FPN.CONV_HEAD_DIM": 256, "FPN.RESOLUTION_REQUIREMENT": 32,
+        "CASCADE.IOUS": [0.5, 0.6, 0.7], "CASCADE.BBOX_REG_WEIGHTS": [[10, 10, 5, 5], [20, 20, 10, 10], [30, 30, 15, 15]],
+        "FRCNN.BATCH_PER_IM": 512, "FRCNN.FG_RATIO": 0.25, "FRCNN.FG_THRESH": 0.5, "FRCNN.BBOX_REG_WEIGHTS": [10, 10, 5, 5],
+        "RPN.ANCHOR_SIZES": [8, 16, 32, 64, 128], "RPN.ANCHOR_RATIOS": [0.25, 0.5, 1.0], "RPN.ANCHOR_STRIDE": 8,
+        "RPN.BATCH_PER_IM": 512, "RPN.FG_RATIO": 0.5, "RPN.POSITIVE_ANCHOR_THRESH": 0.7,
+        "RPN.NEGATIVE_ANCHOR_THRESH": 0.3, "RPN.CROWD_OVERLAP_THRESH": 9.99, "RPN.PROPOSAL_NMS_THRESH": 0.7,
+        "RPN.MIN_SIZE": 0, "RPN.HEAD_DIM": 1024, "RPN.TEST_PRE_NMS_TOPK": 6000, "RPN.TRAIN_PRE_NMS_TOPK": 12000,
+        "RPN.TEST_POST_NMS_TOPK": 1000, "RPN.TRAIN_POST_NMS_TOPK": 2000, "RPN.TEST_PER_LEVEL_NMS_TOPK": 1000,
+        "RPN.TRAIN_PER_LEVEL_NMS_TOPK": 2000,
+        "PREPROC.SHORT_EDGE_SIZE": 800, "PREPROC.TRAIN_SHORT_EDGE_SIZE": [600, 1200], "PREPROC.MAX_SIZE": 1408,
+        "PREPROC.PIXEL_MEAN": [238.32, 238.22, 238.21], "PREPROC.PIXEL_STD": [8.75, 8.569, 9.14],
+        "OUTPUT.RESULT_SCORE_THRESH": 0.4, "OUTPUT.RESULTS_PER_IM": 800, "OUTPUT.FRCNN_NMS_THRESH": 0.01,
+        "OUTPUT.NMS_THRESH_CLASS_AGNOSTIC": 0.001,
+        "TRAIN.STEPS_PER_EPOCH": 500, "TRAIN.EVAL_PERIOD": 20, "TRAIN.BASE_LR": 1e-3, "TRAIN.LR_SCHEDULE": [50000],
+        "TRAIN.WARMUP": 1000, "TRAIN.WARMUP_INIT_LR": 1e-5, "TRAIN.WEIGHT_DECAY": 1e-4, "TRAIN.CHECKPOINT_PERIOD": 20,
+        "TRAIN.STARTING_EPOCH": 1, "TRAINER": "replicated", "MODE_FPN": True, "DATA.CATEGORIES": ["CELL"],
+    }
+    for dotted, value in expected.items():
+        node = c
+        for part in dotted.split("."):
+            node = getattr(node, part)
+        assert node == value, dotted
+    assert num_classes(c) == 2
+
+
+def test_item_yaml_is_the_row_column_variant():
+    c, base = load_config(CONFIGS / "item.yaml"), cell()
+    assert c.DATA.CATEGORIES == ["ROW", "COLUMN"] and num_classes(c) == 3
+    assert c.RPN.ANCHOR_SIZES == [16, 32, 64, 128, 256] and c.RPN.ANCHOR_RATIOS == [0.1, 0.5, 1.5]
+    assert (c.OUTPUT.FRCNN_NMS_THRESH, c.OUTPUT.RESULTS_PER_IM, c.OUTPUT.NMS_THRESH_CLASS_AGNOSTIC) == (0.001, 350, 0.999)
+    assert c.BACKBONE.to_dict() == base.BACKBONE.to_dict() and c.TRAIN.to_dict() == base.TRAIN.to_dict()
+
+
+def test_every_shipped_yaml_sets_every_key():
+    """The YAML files are complete: a change of a default in config.py cannot silently change them."""
+    def flat(d, prefix=""):
+        return {prefix + k for k, v in d.items() if not isinstance(v, dict)} | \
+            {x for k, v in d.items() if isinstance(v, dict) for x in flat(v, prefix + k + ".")}
+
+    import yaml
+    for name in ("cell", "item", "tiny"):
+        assert flat(yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())) == flat(DEFAULTS), name
+
+
+def test_tiny_yaml_is_small():
+    t = load_config(CONFIGS / "tiny.yaml")
+    assert t.BACKBONE.RESNET_NUM_BLOCKS == [1, 1, 1, 1] and t.FPN.FC_HEAD_DIM == 64
+    assert t.PREPROC.MAX_SIZE <= 512 and t.RPN.BATCH_PER_IM <= 64 and t.FRCNN.BATCH_PER_IM <= 64
+
+
+def test_overrides_parse_yaml_values():
+    c = load_config(CONFIGS / "cell.yaml", [
+        "TRAIN.BASE_LR=0.02", "TRAIN.LR_SCHEDULE=[100, 200]", "RPN.ANCHOR_SIZES=(4, 8, 16, 32, 64)",
+        "DATA.CATEGORIES=[ROW, COLUMN]", "BACKBONE.FREEZE_AFFINE=true", "TRAIN.WEIGHT_DECAY=1e-5",
+        "OUTPUT.RESULTS_PER_IM=100", "PREPROC.TRAIN_SHORT_EDGE_SIZE=[600, 800, 1000]", "TRAIN.WARMUP_INIT_LR=0",
+    ])
+    assert c.TRAIN.BASE_LR == 0.02 and c.TRAIN.LR_SCHEDULE == [100, 200]
+    assert c.RPN.ANCHOR_SIZES == [4, 8, 16, 32, 64]
+    assert c.DATA.CATEGORIES == ["ROW", "COLUMN"] and num_classes(c) == 3
+    assert c.BACKBONE.FREEZE_AFFINE is True
+    assert c.TRAIN.WEIGHT_DECAY == pytest.approx(1e-5) and isinstance(c.TRAIN.WEIGHT_DECAY, float)
+    assert c.PREPROC.TRAIN_SHORT_EDGE_SIZE == [600, 800, 1000]  # list length may change
+    assert c.TRAIN.WARMUP_INIT_LR == 0.0 and isinstance(c.TRAIN.WARMUP_INIT_LR, float)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("TRAIN.BASE_RL=0.1", "TRAIN.BASE_RL"),
+    ("NOPE=1", "NOPE"),
+    ("TRAIN.BASE_LR=fast", "TRAIN.BASE_LR"),
+    ("TRAIN.STEPS_PER_EPOCH=2.5", "TRAIN.STEPS_PER_EPOCH"),
+    ("FPN.NORM=3", "FPN.NORM"),
+    ("FPN.NORM=BN", "FPN.NORM"),
+    ("BACKBONE.FREEZE_AFFINE=7", "BACKBONE.FREEZE_AFFINE"),
+    ("RPN.ANCHOR_SIZES=16", "RPN.ANCHOR_SIZES"),
+    ("RPN.ANCHOR_RATIOS=[0.5, big]", "RPN.ANCHOR_RATIOS[1]"),
+    ("TRAIN=3", "TRAIN"),
+    ("TRAIN.BASE_LR", "TRAIN.BASE_LR"),
+    ("RPN.ANCHOR_SIZES=[8, 16]", "RPN.ANCHOR_SIZES"),  # must match the 5 FPN levels
+    ("FPN.NUM_CHANNEL=48", "FPN.NUM_CHANNEL"),  # GroupNorm(32)
+    ("BACKBONE.WIDTH_MULT=0.25", "BACKBONE.WIDTH_MULT"),
+    ("CASCADE.IOUS=[0.5, 0.6]", "CASCADE.BBOX_REG_WEIGHTS"),  # one weight set per stage
+])
+def test_bad_overrides_raise_config_error_naming_the_key(override, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(CONFIGS / "cell.yaml", [override])
+    message = str(info.value)
+    assert key in message and "\n" not in message
+
+
+def test_unknown_key_in_yaml_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("RPN:\n  ANCHOR_SIZE: [1, 2, 3, 4, 5]\n")
+    with pytest.raises(ConfigError, match="RPN.ANCHOR_SIZE"):
+        load_config(path)
+
+
+def test_dump_yaml_round_trip_and_freeze(tmp_path):
+    c = load_config(CONFIGS / "cell.yaml", ["TRAIN.BASE_LR=0.005"])
+    c.dump_yaml(tmp_path / "c.yaml")
+    again = load_config(tmp_path / "c.yaml")
+    assert again.to_dict() == c.to_dict() and again == c
+    assert pickle.loads(pickle.dumps(c)) == c
+    c.freeze()
+    with pytest.raises(ConfigError):
+        c.TRAIN.BASE_LR = 1.0
+    assert c.TRAIN.BASE_LR == 0.005
+    assert getattr(c.TRAIN, "NOT_A_KEY", 42) == 42  # missing keys behave like missing attributes
+    assert isinstance(c.RPN, Config)
+
+
+def test_defaults_alone_load():
+    c = load_config()
+    assert c.to_dict() == DEFAULTS

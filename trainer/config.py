@@ -1,0 +1,306 @@
+"""Detector configuration: one default schema, YAML files and ``KEY.SUB=VALUE`` overrides on top of it.
+
+:data:`DEFAULTS` holds every key the trainer knows, with its default value;
+the default's type is the key's type. A YAML file (``configs/cell.yaml``)
+and then command-line overrides replace values; an unknown key or a value
+of the wrong type raises :class:`ConfigError` with a one-line message naming
+the key. Lists may change length (e.g. another number of anchor sizes);
+their elements must keep the element type.
+
+Key names follow the tensorpack / deepdoctection configs (FACTS.md §3) so a
+seed config reads the same here. Units: image sizes and anchor sizes/strides
+in pixels of the resized image; thresholds are IoUs; steps are global steps.
+Keys added beyond the seed: ``BACKBONE.WIDTH_MULT`` (channel multiplier for
+small test models), ``TRAIN.NUM_WORKERS``, ``TRAIN.SEED``,
+``TRAIN.MAX_CHECKPOINTS``. The number of classes (with background) is
+``len(DATA.CATEGORIES) + 1`` (:func:`num_classes`).
+"""
+import ast
+import copy
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or carries a value of the wrong type."""
+
+
+DEFAULTS = {
+    "MODE_FPN": True,
+    "TRAINER": "replicated",
+    "DATA": {
+        # category names (ddcache.categories); label k = k-th name, 0 = background
+        "CATEGORIES": ["CELL"],
+    },
+    "BACKBONE": {
+        "BOTTLENECK": "resnet",  # "resnet" or "resnext_32xd4"
+        "NORM": "FreezeBN",  # "GN", "FreezeBN" or "None"
+        "RESNET_NUM_BLOCKS": [3, 4, 6, 3],
+        "FREEZE_AT": 2,  # 0: train all; 1: freeze conv0; 2: conv0 + group0
+        "FREEZE_AFFINE": False,  # also freeze gamma/beta of the trainable backbone norms
+        "TF_PAD_MODE": False,  # False: pad like Caffe/detectron before strided convs
+        "WIDTH_MULT": 1.0,  # scales every backbone width (1.0 = the published models)
+    },
+    "FPN": {
+        "CASCADE": True,
+        "NORM": "None",  # "GN" or "None"
+        "NUM_CHANNEL": 256,
+        "ANCHOR_STRIDES": [4, 8, 16, 32, 64],
+        "PROPOSAL_MODE": "Level",  # "Level" (top-k per level) or "Joint"
+        "FRCNN_HEAD_FUNC": "fastrcnn_2fc_head",
+        "FC_HEAD_DIM": 1024,
+        "CONV_HEAD_DIM": 256,  # only for conv heads; the 2fc head does not use it
+        "RESOLUTION_REQUIREMENT": 32,
+    },
+    "CASCADE": {
+        "IOUS": [0.5, 0.6, 0.7],
+        "BBOX_REG_WEIGHTS": [[10.0, 10.0, 5.0, 5.0], [20.0, 20.0, 10.0, 10.0], [30.0, 30.0, 15.0, 15.0]],
+    },
+    "FRCNN": {
+        "BATCH_PER_IM": 512,
+        "FG_RATIO": 0.25,
+        "FG_THRESH": 0.5,
+        "BBOX_REG_WEIGHTS": [10.0, 10.0, 5.0, 5.0],
+    },
+    "RPN": {
+        "ANCHOR_SIZES": [32, 64, 128, 256, 512],
+        "ANCHOR_RATIOS": [0.5, 1.0, 2.0],
+        "ANCHOR_STRIDE": 16,  # single-level (non-FPN) models only
+        "BATCH_PER_IM": 256,
+        "FG_RATIO": 0.5,
+        "POSITIVE_ANCHOR_THRESH": 0.7,
+        "NEGATIVE_ANCHOR_THRESH": 0.3,
+        "CROWD_OVERLAP_THRESH": 9.99,
+        "PROPOSAL_NMS_THRESH": 0.7,
+        "MIN_SIZE": 0.0,
+        "HEAD_DIM": 1024,  # non-FPN only: with FPN the head has FPN.NUM_CHANNEL channels
+        "TRAIN_PRE_NMS_TOPK": 12000,
+        "TRAIN_POST_NMS_TOPK": 2000,
+        "TEST_PRE_NMS_TOPK": 6000,
+        "TEST_POST_NMS_TOPK": 1000,
+        "TRAIN_PER_LEVEL_NMS_TOPK": 2000,
+        "TEST_PER_LEVEL_NMS_TOPK": 1000,
+    },
+    "PREPROC": {
+        "SHORT_EDGE_SIZE": 800,
+        "TRAIN_SHORT_EDGE_SIZE": [800, 800],
+        "MAX_SIZE": 1333,
+        "PIXEL_MEAN": [103.53, 116.28, 123.675],  # BGR
+        "PIXEL_STD": [57.375, 57.12, 58.395],  # BGR
+    },
+    "OUTPUT": {
+        "RESULT_SCORE_THRESH": 0.05,
+        "RESULTS_PER_IM": 100,
+        "FRCNN_NMS_THRESH": 0.5,  # per-class NMS
+        "NMS_THRESH_CLASS_AGNOSTIC": 1.0,  # NMS across classes after the per-class NMS (1.0 = off)
+    },
+    "TRAIN": {
+        "STEPS_PER_EPOCH": 500,
+        "EVAL_PERIOD": 20,  # epochs
+        "CHECKPOINT_PERIOD": 20,  # epochs
+        "STARTING_EPOCH": 1,
+        "BASE_LR": 1e-2,
+        "WARMUP": 1000,  # steps of linear warm-up
+        "WARMUP_INIT_LR": 1e-5,
+        "LR_SCHEDULE": [240000, 320000, 360000],  # steps of x0.1 decay; the last one ends training
+        "WEIGHT_DECAY": 1e-4,
+        "NUM_WORKERS": 2,  # data-loading processes
+        "SEED": 0,
+        "MAX_CHECKPOINTS": 10,
+    },
+}
+
+CHOICES = {
+    "TRAINER": ("replicated", "horovod"),
+    "BACKBONE.BOTTLENECK": ("resnet", "resnext_32xd4"),
+    "BACKBONE.NORM": ("GN", "FreezeBN", "None"),
+    "FPN.NORM": ("GN", "None"),
+    "FPN.PROPOSAL_MODE": ("Level", "Joint"),
+    "FPN.FRCNN_HEAD_FUNC": ("fastrcnn_2fc_head",),
+}
+
+
+class Config:
+    """Nested attribute-access config: ``cfg.RPN.ANCHOR_SIZES``.
+
+    Sections are ``Config`` objects, leaves are plain Python values (lists,
+    not tuples). A missing attribute raises ``AttributeError`` (so
+    ``getattr(cfg.TRAIN, "X", default)`` works). After :meth:`freeze`, any
+    assignment raises ``ConfigError``.
+    """
+
+    def __init__(self, mapping=None):
+        object.__setattr__(self, "_frozen", False)
+        for key, value in (mapping or {}).items():
+            setattr(self, key, Config(value) if isinstance(value, dict) else copy.deepcopy(value))
+
+    def __setattr__(self, key, value):
+        if self._frozen:
+            raise ConfigError(f"config is frozen: cannot set {key}")
+        object.__setattr__(self, key, value)
+
+    def keys(self):
+        return [k for k in self.__dict__ if not k.startswith("_")]
+
+    def items(self):
+        return [(k, getattr(self, k)) for k in self.keys()]
+
+    def __contains__(self, key):
+        return key in self.keys()
+
+    def __eq__(self, other):
+        return isinstance(other, Config) and self.to_dict() == other.to_dict()
+
+    def __repr__(self):
+        return f"Config({self.to_dict()!r})"
+
+    def to_dict(self):
+        """Plain nested dict of the values (a deep copy)."""
+        return {k: v.to_dict() if isinstance(v, Config) else copy.deepcopy(v) for k, v in self.items()}
+
+    def dump_yaml(self, path):
+        """Write the whole config (every key) as YAML; :func:`load_config` reads it back identically."""
+        with open(path, "w") as f:
+            yaml.safe_dump(self.to_dict(), f, sort_keys=False, default_flow_style=None)
+
+    def freeze(self):
+        """Make this config and all its sections read-only; returns self."""
+        for _, value in self.items():
+            if isinstance(value, Config):
+                value.freeze()
+        object.__setattr__(self, "_frozen", True)
+        return self
+
+    @property
+    def frozen(self):
+        return self._frozen
+
+
+def num_classes(cfg):
+    """Classes of the detector including background: ``len(DATA.CATEGORIES) + 1``."""
+    return len(cfg.DATA.CATEGORIES) + 1
+
+
+def _type_name(value):
+    return type(value).__name__
+
+
+def _coerce(key, default, value):
+    """``value`` checked (and normalised) against the type of ``default``; ConfigError names ``key``."""
+    if isinstance(value, str) and not isinstance(default, str):
+        # YAML 1.1 reads "1e-3" and "(4, 8)" as strings: give them one literal parse
+        try:
+            value = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            raise ConfigError(f"{key}: expected {_type_name(default)}, got string {value!r}") from None
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected bool, got {_type_name(value)} {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected int, got {_type_name(value)} {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected float, got {_type_name(value)} {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected str, got {_type_name(value)} {value!r}")
+        return value
+    if isinstance(default, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {_type_name(value)} {value!r}")
+        if not default:
+            return list(value)
+        # int lists accept floats only if integral; float lists accept ints
+        proto = 0.0 if any(isinstance(d, float) for d in default) else default[0]
+        return [_coerce(f"{key}[{i}]", proto, v) for i, v in enumerate(value)]
+    raise ConfigError(f"{key}: unsupported default type {_type_name(default)}")
+
+
+def _merge(target, updates, defaults, prefix=""):
+    """Merge the nested dict ``updates`` into ``target`` (a nested dict) with checks against ``defaults``."""
+    if not isinstance(updates, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {_type_name(updates)}")
+    for key, value in updates.items():
+        full = prefix + str(key)
+        if key not in defaults:
+            raise ConfigError(f"{full}: unknown config key")
+        if isinstance(defaults[key], dict):
+            _merge(target[key], value, defaults[key], full + ".")
+        else:
+            target[key] = _coerce(full, defaults[key], value)
+
+
+def parse_override(text):
+    """``"KEY.SUB=VALUE"`` -> (``["KEY", "SUB"]``, value); VALUE is parsed as YAML (never evaluated)."""
+    if "=" not in text:
+        raise ConfigError(f"{text}: override must look like KEY.SUB=VALUE")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"{text}: override has no key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw.strip()
+    return key.split("."), value
+
+
+def _check_consistency(d):
+    """Cross-key rules the model relies on; ConfigError names the key."""
+    for dotted, allowed in CHOICES.items():
+        node = d
+        for part in dotted.split("."):
+            node = node[part]
+        if node not in allowed:
+            raise ConfigError(f"{dotted}: {node!r} is not one of {', '.join(map(str, allowed))}")
+    n_levels = len(d["FPN"]["ANCHOR_STRIDES"])
+    if len(d["RPN"]["ANCHOR_SIZES"]) != n_levels:
+        raise ConfigError(f"RPN.ANCHOR_SIZES: {len(d['RPN']['ANCHOR_SIZES'])} sizes for {n_levels} FPN.ANCHOR_STRIDES")
+    if len(d["BACKBONE"]["RESNET_NUM_BLOCKS"]) != 4:
+        raise ConfigError("BACKBONE.RESNET_NUM_BLOCKS: expected 4 numbers (groups conv2_x..conv5_x)")
+    if len(d["CASCADE"]["BBOX_REG_WEIGHTS"]) != len(d["CASCADE"]["IOUS"]):
+        raise ConfigError("CASCADE.BBOX_REG_WEIGHTS: need one [wx, wy, ww, wh] per CASCADE.IOUS stage")
+    for i, w in enumerate(d["CASCADE"]["BBOX_REG_WEIGHTS"]):
+        if len(w) != 4:
+            raise ConfigError(f"CASCADE.BBOX_REG_WEIGHTS[{i}]: expected 4 weights")
+    for key in ("PIXEL_MEAN", "PIXEL_STD"):
+        if len(d["PREPROC"][key]) != 3:
+            raise ConfigError(f"PREPROC.{key}: expected 3 values (B, G, R)")
+    if d["BACKBONE"]["NORM"] == "GN":
+        m = d["BACKBONE"]["WIDTH_MULT"]
+        if any(round(w * m) % 32 for w in (64, 128, 256, 512)):
+            raise ConfigError(f"BACKBONE.WIDTH_MULT: {m} gives widths not divisible by 32 (GroupNorm)")
+    if d["FPN"]["NORM"] == "GN" and d["FPN"]["NUM_CHANNEL"] % 32:
+        raise ConfigError(f"FPN.NUM_CHANNEL: {d['FPN']['NUM_CHANNEL']} is not divisible into 32 GroupNorm groups")
+    if not d["DATA"]["CATEGORIES"]:
+        raise ConfigError("DATA.CATEGORIES: at least one category is needed")
+
+
+def load_config(path=None, overrides=()):
+    """Defaults <- YAML file at ``path`` (optional) <- ``overrides`` (``"KEY.SUB=VALUE"`` strings).
+
+    Returns a (not frozen) :class:`Config`. Raises :class:`ConfigError` (one
+    line, naming the key) on unknown keys, wrong types, bad choices.
+    """
+    values = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        with open(path) as f:
+            try:
+                loaded = yaml.safe_load(f) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        _merge(values, loaded, DEFAULTS)
+    for text in overrides:
+        parts, value = parse_override(text)
+        nested = value
+        for part in reversed(parts):
+            nested = {part: nested}
+        _merge(values, nested, DEFAULTS)
+    _check_consistency(values)
+    return Config(values)
