@@ -284,8 +284,10 @@ def _check_out(opts):
         raise UserError("--out is required")
     if out.exists() and not opts.overwrite:
         raise UserError(f"{out} already exists (use --overwrite to replace it)")
-    if not out.parent.exists():
-        raise UserError(f"parent directory {out.parent} does not exist")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {out.parent}: {exc.strerror}") from None
     return out, out.with_name(out.name + ".partial")
 
 
