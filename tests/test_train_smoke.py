@@ -1,0 +1,193 @@
+"""Training loop pieces (LR schedule, resume position, eval scalars), CLI errors, and a real CPU smoke run.
+
+The smoke run trains ``configs/tiny.yaml`` on a synthetic FinTabNet cache:
+3 steps (stop inside epoch 2), then a restart that must continue from global
+step 3 (not 0) and is stopped by Ctrl-C, which must leave a checkpoint.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from trainer.callbacks import eval_scalars, learning_rate_at, resume_position
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+
+
+# ---- learning rate: warm-up then x0.1 steps, a function of the global step only ----
+
+def test_warmup_is_linear_from_init_to_base():
+    lr = [learning_rate_at(s, 1e-2, warmup_steps=100, warmup_init_lr=1e-4) for s in (0, 50, 100, 1000)]
+    assert lr[0] == pytest.approx(1e-4)
+    assert lr[1] == pytest.approx((1e-4 + 1e-2) / 2)
+    assert lr[2] == pytest.approx(1e-2) and lr[3] == pytest.approx(1e-2)
+
+
+def test_schedule_multiplies_by_tenth_at_each_listed_step():
+    f = lambda s: learning_rate_at(s, 1.0, warmup_steps=10, warmup_init_lr=0.1, schedule=[100, 200])  # noqa: E731
+    assert [f(99), f(100), f(199), f(200), f(10 ** 6)] == pytest.approx([1.0, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_no_warmup_starts_at_base():
+    assert learning_rate_at(0, 0.02, warmup_steps=0, warmup_init_lr=1e-6) == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize("gs,expected", [(0, (1, 4)), (3, (1, 1)), (4, (2, 4)), (9, (3, 3))])
+def test_resume_position_keeps_epoch_boundaries_at_multiples(gs, expected):
+    assert resume_position(gs, 4) == expected
+
+
+def test_eval_scalars_drop_nan_and_flatten_categories():
+    stats = {"AP": 0.5, "AP50": 0.75, "APs": float("nan"), "num_images": 3,
+             "per_category": {"CELL": {"AP": 0.5, "AP50": 0.75, "AP75": float("nan"), "AR": 0.6, "num_gt": 9}}}
+    assert eval_scalars(stats) == {"AP": 0.5, "AP50": 0.75, "CELL/AP": 0.5, "CELL/AP50": 0.75, "CELL/AR": 0.6}
+
+
+def test_resumable_loop_shortens_only_the_first_epoch():
+    from trainer.callbacks import ResumableLoop
+
+    loop = ResumableLoop(first_epoch_steps=1)
+    loop.config(steps_per_epoch=4, starting_epoch=3, max_epoch=5)
+    loop._epoch_num = 3
+    assert loop.steps_per_epoch == 1
+    loop._epoch_num = 4
+    assert loop.steps_per_epoch == 4
+
+
+# ---- command line: user mistakes are one line, exit 2, before TensorFlow builds anything ----
+
+def ddtrain(*args):
+    code = "from trainer.cli import run; run()"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory):
+    """Synthetic FinTabNet pages -> a train cache (several tables) and a val cache, 72 dpi (small images)."""
+    from ddcache.build import BuildOptions, build_cache
+    from ddcache.synth import write_sample
+
+    root = tmp_path_factory.mktemp("traincache")
+    write_sample("fintabnet", root / "src", pages=6, seed=3)
+    out = {}
+    for split in ("train", "val"):
+        out[split] = root / split
+        build_cache(BuildOptions(dataset="fintabnet", source=str(root / "src"), split=split, out=str(out[split]),
+                                 workers=1, dpi=72), progress=False)
+    return out
+
+
+def _one_line_error(r):
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2, r.stderr
+    assert len(lines) == 1 and lines[0].startswith("ddtrain: error:"), r.stderr
+    return lines[0]
+
+
+def test_unknown_override_key_is_one_line_error(caches, tmp_path):
+    r = ddtrain("train", "--config", TINY, "--train", caches["train"], "--val", caches["val"], "--logdir",
+                tmp_path / "run", "--override", "TRAIN.NO_SUCH_KEY=1")
+    assert "NO_SUCH_KEY" in _one_line_error(r)
+    assert not (tmp_path / "run").exists()
+
+
+def test_wrong_override_type_is_one_line_error(caches, tmp_path):
+    r = ddtrain("train", "--config", TINY, "--train", caches["train"], "--val", caches["val"], "--logdir",
+                tmp_path / "run", "--override", "TRAIN.STEPS_PER_EPOCH=many")
+    assert "TRAIN.STEPS_PER_EPOCH" in _one_line_error(r)
+
+
+def test_missing_cache_is_one_line_error(caches, tmp_path):
+    r = ddtrain("train", "--config", TINY, "--train", tmp_path / "nope", "--val", caches["val"], "--logdir",
+                tmp_path / "run")
+    assert "nope" in _one_line_error(r)
+
+
+def test_missing_weights_is_one_line_error(caches, tmp_path):
+    r = ddtrain("train", "--config", TINY, "--train", caches["train"], "--val", caches["val"], "--logdir",
+                tmp_path / "run", "--weights", tmp_path / "w.npz", "--gpus", "0")
+    assert "w.npz" in _one_line_error(r)
+
+
+def test_interrupt_exits_130_with_one_line(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from trainer import train as train_mod
+
+    def fake_train_main(*args, **kwargs):
+        raise train_mod.TrainingInterrupted(7, str(tmp_path / "model-7"))
+
+    monkeypatch.setattr(train_mod, "train_main", fake_train_main)
+    result = CliRunner().invoke(train_mod.train, ["--config", "x", "--train", "a", "--val", "b", "--logdir", "d"])
+    assert result.exit_code == 130
+    expected = f"ddtrain: interrupted at global step 7; checkpoint {tmp_path}/model-7"
+    assert result.output.strip().splitlines() == [expected]
+
+
+# ---- the real thing, on CPU ----
+
+def _stats(logdir):
+    return json.loads((Path(logdir) / "stats.json").read_text())
+
+
+def test_train_stop_then_resume_then_ctrl_c(caches, tmp_path):
+    """In-process run to --steps 3 (stop inside epoch 2), then ``ddtrain train`` on the same log dir resumes
+    at global step 3 with the LR schedule at step 3, and a real SIGINT after its first step leaves a
+    checkpoint, exit code 130 and one line."""
+    import signal
+
+    from trainer.config import load_config
+    from trainer.train import checkpoint_step, latest_checkpoint, train_main
+
+    logdir = tmp_path / "run"
+    # WARMUP 10: the LR changes at every step, so tensorpack logs the first change of each run's epoch
+    overrides = ["TRAIN.STEPS_PER_EPOCH=2", "TRAIN.CHECKPOINT_PERIOD=1", "TRAIN.EVAL_PERIOD=1", "TRAIN.WARMUP=10"]
+    lines = []
+    result = train_main(TINY, [caches["train"]], [caches["val"]], logdir, overrides=overrides, steps=3, gpus=0,
+                        workers=0, echo=lines.append)
+    assert result["global_step"] == 3
+    assert latest_checkpoint(logdir).endswith("model-3") and checkpoint_step(latest_checkpoint(logdir)) == 3
+    assert (logdir / "model-2.index").is_file()  # the periodic save at the end of epoch 1
+    assert "STEPS_PER_EPOCH: 2" in (logdir / "config.yaml").read_text()
+    evals = [s for s in _stats(logdir) if "eval/AP50" in s]
+    assert [s["global_step"] for s in evals] == [2, 3]  # end of epoch 1 (EVAL_PERIOD 1) and the --steps stop
+    assert all(0.0 <= s["eval/AP50"] <= 1.0 for s in evals)
+    assert [step for step, _ in result["eval"]] == [2, 3]
+
+    cmd = [sys.executable, "-c", "from trainer.cli import run; run()", "train", "--config", str(TINY), "--train",
+           str(caches["train"]), "--val", str(caches["val"]), "--logdir", str(logdir), "--steps", "500",
+           "--workers", "1", "--gpus", "0"] + [a for o in overrides for a in ("--override", o)]
+    # A shell's background job inherits SIGINT ignored; Python then never raises KeyboardInterrupt. Reset it.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if "global_step=4, learning_rate changes" in line:  # the first step after the restart has run
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = "".join(seen)
+    assert f"resuming from {logdir}/model-3 (global step 3)" in log, log[-3000:]
+    assert "Start training with global_step=3" in log, log[-3000:]
+    cfg = load_config(str(TINY), overrides=tuple(overrides))
+    set_line = [x for x in seen if "At global_step=3, learning_rate is set to" in x]
+    assert set_line, log[-3000:]
+    expected = learning_rate_at(3, cfg.TRAIN.BASE_LR, 10, cfg.TRAIN.WARMUP_INIT_LR, list(cfg.TRAIN.LR_SCHEDULE))
+    assert float(set_line[0].split("set to")[1]) == pytest.approx(expected, abs=2e-6)  # schedule continues
+
+    assert proc.returncode == 130, err[-3000:]
+    step = checkpoint_step(latest_checkpoint(logdir))
+    assert step >= 4
+    assert [x for x in err.splitlines() if x.startswith("ddtrain")] == [
+        f"ddtrain: interrupted at global step {step}; checkpoint {logdir}/model-{step}"]
+    steps = [s["global_step"] for s in _stats(logdir)]
+    assert steps == sorted(steps) and steps[0] <= 3  # one history, appended to, never restarted

@@ -1,0 +1,275 @@
+"""Everything around the training loop, as tensorpack callbacks (STYLE.md: extras are callbacks, not loop code).
+
+* :func:`learning_rate_at` / :class:`WarmupStepLR`: linear warm-up from
+  ``TRAIN.WARMUP_INIT_LR`` to ``TRAIN.BASE_LR`` over ``TRAIN.WARMUP`` steps,
+  then x0.1 at every step of ``TRAIN.LR_SCHEDULE``. A function of the global
+  step only, so a restarted run continues the schedule where it stopped.
+* :class:`StopAtStep`: ``--steps N`` ends training after global step N
+  (counted across restarts).
+* :class:`CheckpointSaver`: tensorpack's ``ModelSaver`` plus one more save
+  when training ends for any reason (end, ``--steps``, Ctrl-C), so a stopped
+  run never loses the steps since the last periodic checkpoint.
+* :class:`PeriodicCocoEval`: COCO AP/AR on the validation caches through an
+  ``OnlinePredictor`` on the training graph's weights, logged as scalars
+  ``eval/AP50`` etc. (TensorBoard + ``stats.json``).
+* :class:`ResumableLoop`: after a restart in the middle of an epoch, the first
+  epoch runs only the steps left of it, so epoch boundaries (checkpoint and
+  evaluation periods) stay at multiples of ``TRAIN.STEPS_PER_EPOCH`` steps.
+"""
+import math
+import sys
+import time
+
+from tensorpack.callbacks import Callback, ModelSaver
+from tensorpack.callbacks.param import GraphVarParam, HyperParamSetter
+from tensorpack.train.base import TrainLoop
+from tensorpack.utils import logger
+
+EVAL_PREFIX = "eval/"
+
+
+def learning_rate_at(step, base_lr, warmup_steps=0, warmup_init_lr=None, schedule=()):
+    """Learning rate for the step after ``step`` steps have run.
+
+    Args:
+      step: global step (steps done so far), >= 0.
+      base_lr: ``TRAIN.BASE_LR``.
+      warmup_steps: ``TRAIN.WARMUP``; during the first ``warmup_steps`` steps
+        the rate goes linearly from ``warmup_init_lr`` (at step 0) to
+        ``base_lr`` (at step ``warmup_steps``).
+      warmup_init_lr: ``TRAIN.WARMUP_INIT_LR`` (default: ``base_lr``, no warm-up).
+      schedule: ``TRAIN.LR_SCHEDULE``: global steps at which the rate is
+        multiplied by 0.1 (cumulative; a decay inside the warm-up also scales it).
+    """
+    step = max(0, int(step))
+    lr = float(base_lr)
+    if warmup_steps and step < int(warmup_steps):
+        start = lr if warmup_init_lr is None else float(warmup_init_lr)
+        lr = start + (lr - start) * step / float(warmup_steps)
+    decays = sum(1 for s in schedule if step >= int(s))
+    return lr * (0.1 ** decays)
+
+
+def lr_function(cfg):
+    """:func:`learning_rate_at` bound to the config's ``TRAIN`` section: ``step -> lr``."""
+    t = cfg.TRAIN
+    return lambda step: learning_rate_at(step, t.BASE_LR, int(t.WARMUP), t.WARMUP_INIT_LR, list(t.LR_SCHEDULE))
+
+
+class WarmupStepLR(HyperParamSetter):
+    """Sets the graph variable ``learning_rate`` from the global step before training and after every step.
+
+    Runs in every process (Horovod ranks each own a ``learning_rate``).
+    """
+
+    _chief_only = False
+
+    def __init__(self, lr_fn, var_name="learning_rate"):
+        super().__init__(GraphVarParam(var_name))
+        self._lr_fn = lr_fn
+
+    def _get_value_to_set(self):
+        return float(self._lr_fn(self.global_step))
+
+    def _trigger_step(self):
+        self.trigger()
+
+    def _trigger_epoch(self):
+        pass  # step-based only
+
+
+class StopAtStep(Callback):
+    """Requests the end of training once the global step reaches ``last_step``.
+
+    Uses the session hook's ``request_stop``: the step's other callbacks (the
+    JSON writer, a final evaluation) still see that last step, then the loop
+    returns and every ``after_train`` runs (the final checkpoint is saved).
+    """
+
+    _chief_only = False
+
+    def __init__(self, last_step):
+        self.last_step = int(last_step)
+
+    def _after_run(self, run_context, run_values):
+        # tensorpack's step counter (registered first) has already counted this step
+        if self.global_step >= self.last_step:
+            run_context.request_stop()
+
+    def _before_train(self):
+        if self.global_step >= self.last_step:
+            logger.info(f"global step {self.global_step} >= {self.last_step}: nothing to train")
+
+
+def interrupted():
+    """True while a KeyboardInterrupt propagates (``after_train`` runs in the trainer's ``finally``)."""
+    return isinstance(sys.exc_info()[1], KeyboardInterrupt)
+
+
+class CheckpointSaver(ModelSaver):
+    """``ModelSaver`` that also saves in ``after_train`` unless this global step is already saved.
+
+    Trigger it periodically with ``PeriodicTrigger(..., every_k_epochs=TRAIN.CHECKPOINT_PERIOD)``
+    (the final save does not depend on the trigger: ``after_train`` is not gated).
+    Steps are read from the graph's ``global_step`` variable, not tensorpack's
+    Python counter: after a Ctrl-C inside a step the variable can be one ahead,
+    and it is what the checkpoint stores and is named after.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.last_saved_step = None
+        self.last_path = None
+
+    def _trigger(self):
+        from tensorpack.tfutils.common import get_global_step_value
+
+        step = get_global_step_value()
+        if self.last_saved_step == step:
+            return
+        super()._trigger()
+        self.last_saved_step = step
+        self.last_path = f"{self.path}-{step}"
+
+    def _after_train(self):
+        from tensorpack.tfutils.common import get_global_step_value
+
+        step = get_global_step_value()
+        if step > 0 and self.last_saved_step != step:
+            why = "interrupted" if interrupted() else "end of training"
+            logger.info(f"saving the final checkpoint at global step {step} ({why})")
+            self._trigger()
+
+
+class PeriodicCocoEval(Callback):
+    """COCO evaluation of the model being trained on the validation caches, logged as ``eval/<metric>`` scalars.
+
+    When: at the end of every ``period`` epochs, at the last epoch, and at the
+    step where training stops (``last_step``), at most once per global step.
+    Not after Ctrl-C (the user wants the checkpoint, not a long evaluation).
+
+    How: an ``OnlinePredictor`` built on the trainer's tower function in
+    inference mode (shares the training variables, no copy, no reload),
+    fed only ``image``; images go through ``eval_preprocess`` and boxes are
+    scaled back by 1/scale (``trainer.evaluate.run_evaluation`` with ``cfg``),
+    scored by the one ``CocoEvaluator``.
+
+    Args:
+      cfg: the training Config (``DATA.CATEGORIES``, ``PREPROC``).
+      val_paths: validation cache directories (read as one dataset).
+      period: epochs between evaluations (``TRAIN.EVAL_PERIOD``; <= 0 only at the end).
+      last_step: the ``--steps`` target, or None.
+      max_datapoints: evaluate only the first N samples (None = all).
+      at_start: also evaluate before the first step (the starting point's numbers).
+      device: -1 builds the predictor on the CPU, k on GPU k.
+    After each evaluation :attr:`history` gets ``(global_step, stats)``.
+    """
+
+    def __init__(self, cfg, val_paths, period, last_step=None, max_datapoints=None, at_start=False, device=-1):
+        self.cfg = cfg
+        self.val_paths = [str(p) for p in val_paths]
+        self.period = int(period)
+        self.last_step = None if last_step is None else int(last_step)
+        self.max_datapoints = max_datapoints
+        self.device = int(device)
+        self.at_start = bool(at_start)
+        self.history = []
+        self._last_eval_step = None
+
+    def _setup_graph(self):
+        from ddcache.store import CacheReader
+        from trainer.coco_eval import CocoEvaluator
+        from trainer.predictor import OUTPUT_NAMES
+
+        self._reader = CacheReader(self.val_paths)
+        self._evaluator = CocoEvaluator.for_cache_categories(list(self.cfg.DATA.CATEGORIES))
+        self._predictor = self.trainer.get_predictor(["image"], list(OUTPUT_NAMES), device=self.device)
+
+    def _before_train(self):
+        if self.at_start:
+            self.evaluate()
+
+    def _stopping_now(self):
+        return self.last_step is not None and self.global_step >= self.last_step
+
+    def _trigger_step(self):
+        # a stop inside an epoch: evaluate now, while this step's JSON record is still open
+        if self._stopping_now() and self.local_step != self.trainer.steps_per_epoch - 1:
+            self.evaluate()
+
+    def _trigger_epoch(self):
+        periodic = self.period > 0 and self.epoch_num % self.period == 0
+        if periodic or self.epoch_num >= self.trainer.max_epoch or self._stopping_now():
+            self.evaluate()
+
+    def evaluate(self):
+        """Run the evaluation now and log the scalars; returns the stats dict."""
+        from trainer.coco_eval import format_stats
+        from trainer.evaluate import run_evaluation
+
+        if self._last_eval_step == self.global_step:
+            return self.history[-1][1]
+        start = time.perf_counter()
+
+        def graph_fn(image):
+            boxes, scores, labels = self._predictor(image)
+            return boxes, scores, labels
+
+        stats = run_evaluation(graph_fn, self._reader, self._evaluator, self.max_datapoints, cfg=self.cfg)
+        self._last_eval_step = self.global_step
+        self.history.append((self.global_step, stats))
+        logger.info(f"evaluation at global step {self.global_step} ({time.perf_counter() - start:.1f} s):\n"
+                    + format_stats(stats))
+        for name, value in eval_scalars(stats).items():
+            self.trainer.monitors.put_scalar(EVAL_PREFIX + name, value)
+        return stats
+
+
+def eval_scalars(stats):
+    """The numbers of an evaluator stats dict worth a curve: overall floats and per-category AP/AP50/AP75/AR.
+
+    NaN (no gt in scope, e.g. no small boxes) is left out: TensorBoard and
+    ``stats.json`` cannot hold it meaningfully.
+    """
+    out = {}
+    for name, value in stats.items():
+        if isinstance(value, float) and not math.isnan(value):
+            out[name] = value
+    for cat, values in stats.get("per_category", {}).items():
+        for name in ("AP", "AP50", "AP75", "AR"):
+            v = values.get(name)
+            if isinstance(v, float) and not math.isnan(v):
+                out[f"{cat}/{name}"] = v
+    return out
+
+
+class ResumableLoop(TrainLoop):
+    """tensorpack's ``TrainLoop`` whose first epoch may be shorter.
+
+    tensorpack runs ``steps_per_epoch`` steps in every epoch. A run restarted
+    at global step ``g`` is ``g % steps_per_epoch`` steps into epoch
+    ``g // steps_per_epoch + 1``; running only the rest of it keeps epoch ``e``
+    ending at global step ``e * steps_per_epoch`` whatever the restarts.
+    """
+
+    def __init__(self, first_epoch_steps=None):
+        super().__init__()
+        self._first_epoch_steps = first_epoch_steps
+        self._full_steps = 0
+
+    @property
+    def steps_per_epoch(self):
+        if self._first_epoch_steps is not None and self._epoch_num == getattr(self, "starting_epoch", None):
+            return int(self._first_epoch_steps)
+        return self._full_steps
+
+    @steps_per_epoch.setter
+    def steps_per_epoch(self, value):
+        self._full_steps = int(value)
+
+
+def resume_position(global_step, steps_per_epoch):
+    """``(starting_epoch, steps in that first epoch)`` for a run restarted at ``global_step``."""
+    global_step, steps_per_epoch = int(global_step), int(steps_per_epoch)
+    done_in_epoch = global_step % steps_per_epoch
+    return global_step // steps_per_epoch + 1, steps_per_epoch - done_in_epoch
