@@ -51,7 +51,8 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
 
-    from trainer.train import load_train_config, train_main
+    from trainer.config import load_user_config
+    from trainer.train import train_main
 
     with tempfile.TemporaryDirectory(prefix="overfit-") as tmp:
         tmp = Path(tmp)
@@ -70,7 +71,7 @@ def main(argv=None):
         "config": str(Path(args.config).relative_to(ROOT)) if Path(args.config).is_relative_to(ROOT) else args.config,
         "overrides": overrides,
         "tables": n,
-        "categories": list(load_train_config(args.config, overrides).DATA.CATEGORIES),
+        "categories": list(load_user_config(args.config, overrides).DATA.CATEGORIES),
         "gt_boxes": {c: v["num_gt"] for c, v in before["per_category"].items()},
         "steps": step1,
         "train_seconds_incl_evals": round(seconds, 1),

@@ -225,10 +225,10 @@ def _register_optional():
 _register_optional()
 
 
-def run():
-    """Entry point with the one-line error policy."""
+def run_with_error_policy(group, prog):
+    """Run a click group: user mistakes -> one line on stderr + exit 2, Ctrl-C -> exit 130, no tracebacks."""
     try:
-        main(standalone_mode=False)
+        group(standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
@@ -236,10 +236,15 @@ def run():
         exc.show()
         sys.exit(exc.exit_code)
     except (UserError, CorruptRecordError) as exc:
-        click.echo(f"ddcache: error: {exc}", err=True)
+        click.echo(f"{prog}: error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        click.echo("interrupted (a build re-run with the same command resumes)", err=True)
+        click.echo("interrupted (a build re-run with the same command resumes)" if prog == "ddcache" else "interrupted", err=True)
         sys.exit(130)
     except BrokenPipeError:
         os._exit(0)
+
+
+def run():
+    """Entry point of the `ddcache` console script."""
+    run_with_error_policy(main, "ddcache")

@@ -4,6 +4,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.patches as mpatches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 from . import categories as C  # noqa: E402
 
@@ -13,11 +14,18 @@ STYLE = {  # category -> (colour, line width); rows/columns translucent so cells
     C.ROW: ("#1f77b4", 1.2),
     C.COLUMN: ("#ff7f0e", 1.2),
 }
+_FALLBACK = ("#9467bd", 1.0)
 
 
-def draw_sample(sample, out_path, categories=None, dpi=100):
-    """Write a PNG of ``sample['image']`` with its boxes outlined per category and a legend."""
-    img = sample["image"][:, :, ::-1]  # BGR -> RGB
+def draw_boxes(image_bgr, boxes, category_ids, out_path, title="", categories=None, dpi=100):
+    """Write a PNG of ``image_bgr`` with ``boxes`` (xyxy px) outlined per category id and a legend with counts.
+
+    Shared by ``ddcache show`` and ``ddtrain predict`` so ground truth and
+    detections look the same. Returns {category id: count drawn}.
+    """
+    img = np.asarray(image_bgr)[:, :, ::-1]  # BGR -> RGB
+    if img.dtype != np.uint8:
+        img = np.clip(img, 0, 255).astype(np.uint8)
     h, w = img.shape[:2]
     fig = plt.figure(figsize=(max(4.0, w / dpi), max(3.0, h / dpi) + 0.6), dpi=dpi)
     ax = fig.add_axes([0, 0, 1, h / (h + 0.6 * dpi)])
@@ -26,23 +34,29 @@ def draw_sample(sample, out_path, categories=None, dpi=100):
     ax.set_ylim(h, 0)
     ax.axis("off")
     counts = {}
-    for box, cid in zip(sample["boxes"], sample["category_ids"]):
+    for box, cid in zip(boxes, category_ids):
         cid = int(cid)
         if categories is not None and cid not in categories:
             continue
-        colour, lw = STYLE.get(cid, ("#9467bd", 1.0))
-        alpha = 0.5 if cid in (C.ROW, C.COLUMN) else 0.95
+        colour, lw = STYLE.get(cid, _FALLBACK)
+        alpha = 0.5 if cid in (C.ROW, C.COLUMN) else 0.95  # rows/columns translucent so cells stay visible
         x0, y0, x1, y1 = (float(v) for v in box)
         ax.add_patch(mpatches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=lw, alpha=alpha))
         counts[cid] = counts.get(cid, 0) + 1
-    handles = [mpatches.Patch(color=STYLE[c][0], label=f"{C.NAMES[c]} ({counts[c]})") for c in sorted(counts) if c in STYLE]
-    prov = sample.get("provenance", {})
-    title = f"{prov.get('source_file', '')}  table {prov.get('table_id', '')}  scale {prov.get('scale', 0):.2f} px/unit  {w}x{h}px"
+    handles = [mpatches.Patch(color=STYLE.get(c, _FALLBACK)[0], label=f"{C.NAMES.get(c, c)} ({counts[c]})") for c in sorted(counts)]
     fig.legend(handles=handles, loc="upper left", ncol=max(1, len(handles)), fontsize=9, frameon=False, title=title,
                title_fontsize=8, bbox_to_anchor=(0, 1))
     fig.savefig(out_path, dpi=dpi)
     plt.close(fig)
     return counts
+
+
+def draw_sample(sample, out_path, categories=None, dpi=100):
+    """Write a PNG of a cache sample with its boxes per category and a provenance title."""
+    h, w = sample["image"].shape[:2]
+    prov = sample.get("provenance", {})
+    title = f"{prov.get('source_file', '')}  table {prov.get('table_id', '')}  scale {prov.get('scale', 0):.2f} px/unit  {w}x{h}px"
+    return draw_boxes(sample["image"], sample["boxes"], sample["category_ids"], out_path, title, categories, dpi)
 
 
 def legend_colours():

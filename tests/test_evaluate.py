@@ -66,10 +66,10 @@ def test_shifted_detections_score_lower_and_max_datapoints_limits(cell_cache):
 
 def test_graph_level_predict_fn_gets_resized_image_and_boxes_are_mapped_back(cell_cache):
     """With cfg, run_evaluation resizes like evaluation does and divides the graph's boxes by the scale."""
-    from trainer.predictor import load_cfg
+    from trainer.config import load_user_config
     from trainer.train_data import eval_preprocess
 
-    cfg = load_cfg("configs/tiny.yaml")
+    cfg = load_user_config("configs/tiny.yaml")
     reader = CacheReader([cell_cache])
     calls = []
 

@@ -6,7 +6,6 @@ assembles them and applies the error policy (user mistakes -> one line on
 stderr, exit 2).
 """
 import importlib
-import sys
 
 import click
 
@@ -37,19 +36,7 @@ for _module, _name in _COMMANDS:
 
 
 def run():
-    from ddcache.errors import UserError
+    """Entry point of the `ddtrain` console script (same error policy as `ddcache`)."""
+    from ddcache.cli import run_with_error_policy
 
-    try:
-        main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except UserError as exc:
-        click.echo(f"ddtrain: error: {exc}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+    run_with_error_policy(main, "ddtrain")

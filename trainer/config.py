@@ -304,3 +304,24 @@ def load_config(path=None, overrides=()):
         _merge(values, nested, DEFAULTS)
     _check_consistency(values)
     return Config(values)
+
+
+def load_user_config(config, overrides=()):
+    """Config for a command line: a path (+ KEY=VALUE overrides) or an existing ``Config`` passed through.
+
+    Every mistake (missing file, unknown key, wrong type) becomes a one-line
+    ``ddcache.errors.UserError`` naming the file.
+    """
+    import os
+    from pathlib import Path
+
+    from ddcache.errors import UserError
+
+    if not isinstance(config, (str, os.PathLike)):
+        return config
+    if not Path(config).is_file():
+        raise UserError(f"{config}: no such config file")
+    try:
+        return load_config(str(config), overrides=tuple(overrides))
+    except ConfigError as exc:
+        raise UserError(f"{config}: {exc}") from None

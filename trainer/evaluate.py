@@ -243,7 +243,8 @@ def evaluate_checkpoints(config, caches, weights, max_datapoints=None, out_dir=N
     from ddcache.store import CacheReader
     from trainer.coco_eval import CocoEvaluator
     from trainer.inference_export import resolve_weights
-    from trainer.predictor import Predictor, load_cfg
+    from trainer.config import load_user_config
+    from trainer.predictor import Predictor
 
     weights = [str(w) for w in weights]
     if not weights:
@@ -253,7 +254,7 @@ def evaluate_checkpoints(config, caches, weights, max_datapoints=None, out_dir=N
     if not caches:
         raise UserError("no --cache given")
     reader = CacheReader(list(caches))
-    cfg = load_cfg(config, overrides)
+    cfg = load_user_config(config, overrides)
     try:
         evaluator = CocoEvaluator.for_cache_categories(list(cfg.DATA.CATEGORIES))
     except ValueError as exc:

@@ -178,9 +178,9 @@ def export(weights, out, config_path, overrides):
     """Write an inference-only .npz (no optimizer slots, global_step, learning_rate, AccumGrad)."""
     cfg = None
     if config_path is not None:
-        from trainer.predictor import load_cfg
+        from trainer.config import load_user_config
 
-        cfg = load_cfg(config_path, overrides)
+        cfg = load_user_config(config_path, overrides)
     path, kept, dropped = export_inference_weights(weights, out, cfg)
     size = os.path.getsize(path) / 2**20
     click.echo(f"wrote {path}: {len(kept)} variables ({size:.1f} MiB), dropped {len(dropped)} training-only")

@@ -22,22 +22,9 @@ import numpy as np
 
 import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from ddcache.errors import UserError
+from trainer.config import load_user_config
 
 OUTPUT_NAMES = ("output/boxes", "output/scores", "output/labels")
-
-
-def load_cfg(config, overrides=()):
-    """A ``Config`` from a path (UserError on a bad file) or the given ``Config`` itself."""
-    from trainer.config import ConfigError, load_config
-
-    if not isinstance(config, (str, Path)):
-        return config
-    if not Path(config).is_file():
-        raise UserError(f"{config}: no such config file")
-    try:
-        return load_config(str(config), overrides=tuple(overrides))
-    except ConfigError as exc:
-        raise UserError(f"{config}: {exc}") from None
 
 
 def detect_in_original_frame(graph_fn, image_bgr, cfg):
@@ -109,7 +96,7 @@ class Predictor:
         from trainer.inference_export import read_weights
         from trainer.model.detector import CascadeRCNN, default_data_format
 
-        self.cfg = load_cfg(config, overrides)
+        self.cfg = load_user_config(config, overrides)
         self.weights_path = str(weights)
         self.category_names = [str(n) for n in self.cfg.DATA.CATEGORIES]
         values = read_weights(weights)
@@ -165,45 +152,14 @@ class Predictor:
 def draw_detections(image_bgr, detections, out_path, title="", dpi=100):
     """PNG of the image with one outline per detection, coloured by category, and a legend with counts.
 
-    Same look as ``ddcache show`` (ddcache.draw): its per-category colours and
-    line widths, legend above the image; unknown names get a fallback colour.
+    Drawn by ddcache.draw (the look of ``ddcache show``); returns {label name: count}.
     """
-    import matplotlib
+    from ddcache.categories import IDS, NAMES
+    from ddcache.draw import draw_boxes
 
-    matplotlib.use("Agg")
-    import matplotlib.patches as mpatches
-    import matplotlib.pyplot as plt
-
-    from ddcache.categories import IDS
-    from ddcache.draw import STYLE
-
-    img = np.asarray(image_bgr)[:, :, ::-1]
-    if img.dtype != np.uint8:
-        img = np.clip(img, 0, 255).astype(np.uint8)
-    h, w = img.shape[:2]
-    fig = plt.figure(figsize=(max(4.0, w / dpi), max(3.0, h / dpi) + 0.6), dpi=dpi)
-    ax = fig.add_axes([0, 0, 1, h / (h + 0.6 * dpi)])
-    ax.imshow(img, interpolation="nearest")
-    ax.set_xlim(0, w)
-    ax.set_ylim(h, 0)
-    ax.axis("off")
-    counts = {}
-    for box, name in zip(detections["boxes"], detections["label_names"]):
-        cid = IDS.get(name.upper())
-        colour, lw = STYLE.get(cid, ("#9467bd", 1.0))
-        alpha = 0.5 if cid in (IDS["ROW"], IDS["COLUMN"]) else 0.95  # as ddcache show: cells stay visible
-        x0, y0, x1, y1 = (float(v) for v in box)
-        ax.add_patch(mpatches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=lw, alpha=alpha))
-        counts[name] = counts.get(name, 0) + 1
-    handles = [
-        mpatches.Patch(color=STYLE.get(IDS.get(n.upper()), ("#9467bd", 1.0))[0], label=f"{n} ({counts[n]})")
-        for n in sorted(counts)
-    ]
-    fig.legend(handles=handles, loc="upper left", ncol=max(1, len(handles)), fontsize=9, frameon=False, title=title,
-               title_fontsize=8, bbox_to_anchor=(0, 1))
-    fig.savefig(out_path, dpi=dpi)
-    plt.close(fig)
-    return counts
+    ids = [IDS.get(str(name).upper(), -1) for name in detections["label_names"]]
+    counts = draw_boxes(image_bgr, detections["boxes"], ids, out_path, title=title, dpi=dpi)
+    return {NAMES.get(cid, str(cid)): n for cid, n in counts.items()}
 
 
 def detections_to_json(detections, image_path, width, height, score_thresh):
@@ -253,7 +209,7 @@ def predict(config_path, weights, images, out, score_thresh, overrides):
         raise UserError(f"{missing[0]}: no such image")
     resolve_weights(weights)  # a missing weights file is reported before TensorFlow builds anything
     overrides = tuple(overrides)
-    if score_thresh is not None and score_thresh < load_cfg(config_path, overrides).OUTPUT.RESULT_SCORE_THRESH:
+    if score_thresh is not None and score_thresh < load_user_config(config_path, overrides).OUTPUT.RESULT_SCORE_THRESH:
         # the graph drops detections below its own threshold: lower it so --score-thresh can show them
         overrides += (f"OUTPUT.RESULT_SCORE_THRESH={float(score_thresh)!r}",)
     predictor = Predictor(config_path, weights, overrides)

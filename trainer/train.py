@@ -34,6 +34,7 @@ import click
 
 import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from ddcache.errors import UserError
+from trainer.config import load_user_config
 
 CONFIG_NAME = "config.yaml"
 
@@ -46,20 +47,6 @@ class TrainingInterrupted(Exception):
                          + (f"checkpoint {checkpoint}" if checkpoint else "no checkpoint written"))
         self.global_step = global_step
         self.checkpoint = checkpoint
-
-
-def load_train_config(config, overrides=()):
-    """Config from a path with ``KEY=VALUE`` overrides; UserError (one line) on any config mistake."""
-    from trainer.config import ConfigError, load_config
-
-    if not isinstance(config, (str, os.PathLike)):
-        return config
-    if not Path(config).is_file():
-        raise UserError(f"{config}: no such config file")
-    try:
-        return load_config(str(config), overrides=tuple(overrides))
-    except ConfigError as exc:
-        raise UserError(f"{config}: {exc}") from None
 
 
 def check_caches(paths, what):
@@ -220,7 +207,7 @@ def train_main(config, train, val, logdir, weights=None, overrides=(), steps=Non
     calls can run in one process (one after the other).
     """
     echo = echo or (lambda msg: click.echo(msg))
-    cfg = load_train_config(config, overrides)
+    cfg = load_user_config(config, overrides)
     train = check_caches(list(train), "train")
     val = check_caches(list(val), "val")
     if steps is not None and int(steps) < 1:
