@@ -12,10 +12,14 @@ class UserError(Exception):
 class CorruptRecordError(Exception):
     """A stored record cannot be decoded or does not match its checksum."""
 
-    def __init__(self, key, reason):
+    def __init__(self, key, reason=""):
         super().__init__(f"corrupt record {key!r}: {reason}")
         self.key = key
         self.reason = reason
+
+    def __reduce__(self):
+        # survive pickling between processes (tensorpack re-raises worker errors in the parent)
+        return (type(self), (self.key, self.reason))
 
 
 class SkipSample(Exception):

@@ -71,3 +71,10 @@ def test_neutral_images_round_trip_as_three_channels(encoding):
     colour = _sample()
     colour["image"][0, 0] = (0, 0, 255)  # one red pixel keeps the image in colour
     assert np.array_equal(decode_record("k", encode_record(colour, "png"))["image"], colour["image"])
+
+
+def test_corrupt_record_error_survives_pickling():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(CorruptRecordError("00000007", "checksum mismatch")))
+    assert (err.key, err.reason) == ("00000007", "checksum mismatch") and "00000007" in str(err)

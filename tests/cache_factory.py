@@ -1,0 +1,159 @@
+"""Small synthetic caches written directly in the real on-disk format (no rendering, no builder).
+
+``make_cache(path, n, ...)`` writes ``n`` records with ``LmdbWriter`` and a
+manifest with ``write_manifest``, exactly as a finished build leaves them:
+records via ``codec.encode_record`` under ``record_key(i)``, one
+``codec.checksum(raw)`` per record, the per-record index
+(``num_rows`` / ``num_cols`` / ``num_cells``), counts and categories.
+
+Sample ``i`` is a table of ``rows(i)`` x ``cols(i)`` cells drawn on a white
+image whose pixel (0, 0) holds ``i % 256`` in every channel, so a test can
+tell which record an image came from; boxes hold CELL, ROW and COLUMN
+categories with their grid attributes.
+"""
+from pathlib import Path
+
+import numpy as np
+
+from ddcache import categories as C
+from ddcache.codec import checksum, encode_record
+from ddcache.manifest import new_manifest, record_key, write_manifest
+from ddcache.store import LmdbWriter
+
+
+def default_rows(i):
+    return 1 + i % 4
+
+
+def default_cols(i):
+    return 1 + (i // 4) % 3
+
+
+def make_sample(i, rows, cols, cell_px=12, source_file="synthetic.jsonl"):
+    """Sample dict (CONTRACTS.md) number ``i``: ``rows`` x ``cols`` grid, cells ``cell_px`` pixels square.
+
+    Boxes: one CELL per grid slot, one ROW per row, one COLUMN per column
+    (xyxy pixels, origin top-left). Pixel (0, 0) = ``i % 256`` marks the image.
+    """
+    h, w = rows * cell_px + 2, cols * cell_px + 2
+    image = np.full((h, w, 3), 255, dtype=np.uint8)
+    image[0, 0] = i % 256
+    boxes, cats = [], []
+    attr = {"row": [], "col": [], "row_span": [], "col_span": [], "header": []}
+
+    def add(box, cat, row, col, rs, cs, header):
+        boxes.append(box)
+        cats.append(cat)
+        for name, v in zip(("row", "col", "row_span", "col_span", "header"), (row, col, rs, cs, header)):
+            attr[name].append(v)
+
+    for r in range(rows):
+        for c in range(cols):
+            x0, y0 = 1 + c * cell_px, 1 + r * cell_px
+            image[y0 + 3:y0 + cell_px - 3, x0 + 3:x0 + cell_px - 3] = 0  # some ink per cell
+            add([x0, y0, x0 + cell_px, y0 + cell_px], C.CELL, r, c, 1, 1, int(r == 0))
+    for r in range(rows):
+        add([1, 1 + r * cell_px, w - 1, 1 + (r + 1) * cell_px], C.ROW, r, -1, -1, -1, -1)
+    for c in range(cols):
+        add([1 + c * cell_px, 1, 1 + (c + 1) * cell_px, h - 1], C.COLUMN, -1, c, -1, -1, -1)
+    return {
+        "image": image,
+        "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        "category_ids": np.asarray(cats, dtype=np.int32),
+        "attributes": {k: np.asarray(v, dtype=np.int32) for k, v in attr.items()},
+        "num_rows": rows,
+        "num_cols": cols,
+        "provenance": {"dataset": "fintabnet", "split": "train", "source_file": source_file, "line_no": i,
+                       "table_id": i, "page_size": [612.0, 792.0], "mediabox": [0.0, 0.0, 612.0, 792.0],
+                       "table_bbox_src": [0.0, 0.0, 1.0, 1.0], "scale": 1.0, "crop_origin": [0, 0]},
+    }
+
+
+def write_records(path, raws, index_rows, dataset="fintabnet", split="train", mode="table", encoding="png",
+                  shard=None):
+    """Write already-encoded records ``raws`` (bytes, in key order) + their manifest into ``path``.
+
+    ``index_rows``: one ``(num_rows, num_cols, num_cells)`` per record.
+    Returns ``path`` (a ``Path``). Used to replicate records into large caches cheaply.
+    """
+    path = Path(path)
+    writer = LmdbWriter(path)
+    manifest = new_manifest(dataset, split, mode, C.IDS, {"encoding": encoding, "synthetic": True}, shard)
+    batch, total_bytes = [], 0
+    for i, raw in enumerate(raws):
+        key = record_key(i)
+        batch.append((key, raw))
+        manifest["checksums"].append(checksum(raw))
+        rows, cols, cells = index_rows[i]
+        manifest["index"]["num_rows"].append(int(rows))
+        manifest["index"]["num_cols"].append(int(cols))
+        manifest["index"]["num_cells"].append(int(cells))
+        total_bytes += len(raw)
+        if len(batch) >= 256:
+            writer.commit(batch, {})
+            batch = []
+    writer.commit(batch, {})
+    writer.close()
+    n = len(manifest["checksums"])
+    manifest["counts"] = {"num_samples": n, "num_read": n, "num_tables_written": n, "num_skipped": 0, "skipped": {},
+                          "boxes_per_category": {}, "dropped_boxes": 0, "bytes": total_bytes}
+    manifest["encoding"] = encoding
+    write_manifest(path, manifest)
+    return path
+
+
+def make_cache(path, n, encoding="png", rows=default_rows, cols=default_cols, start=0, shard=None, cell_px=12):
+    """Write a cache of ``n`` synthetic samples (numbered ``start .. start+n-1``) at ``path``; return ``path``.
+
+    ``rows(i)`` / ``cols(i)`` choose each sample's grid (defaults vary 1..4 x 1..3).
+    The sample number ``i`` is in ``provenance["table_id"]`` and pixel (0, 0).
+    """
+    raws, index_rows = [], []
+    for i in range(start, start + n):
+        s = make_sample(i, rows(i), cols(i), cell_px=cell_px)
+        raws.append(encode_record(s, encoding))
+        index_rows.append((s["num_rows"], s["num_cols"], int((s["category_ids"] == C.CELL).sum())))
+    return write_records(path, raws, index_rows, encoding=encoding, shard=shard)
+
+
+def _stored_value(path, key_index):
+    import lmdb
+
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            return txn.get(record_key(key_index).encode())
+    finally:
+        env.close()
+
+
+def corrupt_record(path, key_index=0):
+    """Flip one byte inside record ``key_index``'s image bytes in ``path/data.mdb``; return its key.
+
+    LMDB stores the value verbatim in a data page; the file may also hold a
+    stale copy in a freed page, so each occurrence is tried and the flip kept
+    where it changes what LMDB returns for the key.
+    """
+    import msgpack
+
+    raw = _stored_value(path, key_index)
+    image = msgpack.unpackb(raw, raw=False)["image"]["data"]
+    inner = raw.find(image) + len(image) // 2
+    data = (Path(path) / "data.mdb").read_bytes()
+    start = data.find(raw)
+    while start >= 0:
+        flip_byte(path, start + inner)
+        if _stored_value(path, key_index) != raw:
+            return record_key(key_index)
+        flip_byte(path, start + inner)  # a stale copy: undo
+        start = data.find(raw, start + 1)
+    raise RuntimeError(f"record {record_key(key_index)} not found in {path}/data.mdb")
+
+
+def flip_byte(path, offset):
+    """XOR one byte of ``path/data.mdb`` at ``offset`` with 0xFF."""
+    with open(Path(path) / "data.mdb", "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0xFF]))

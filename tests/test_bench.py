@@ -1,0 +1,46 @@
+"""`ddcache bench`: one exact epoch is reported as samples == unique == cache size; errors are one line."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS before tensorpack imports TensorFlow)
+from cache_factory import make_cache
+from ddcache.bench import bench, run_bench
+from ddcache.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    return make_cache(root / "a", 30), make_cache(root / "b", 11, start=30)
+
+
+def test_run_bench_one_epoch_sees_every_sample_once(caches):
+    r = run_bench(list(caches), workers=2, seconds=None, epoch=True, seed=3)
+    assert r["samples"] == r["unique"] == r["cache_size"] == 41
+    assert r["workers"] == 2 and r["epochs"] == 1
+    assert r["samples_per_s"] > 0 and 0 < r["first_sample_s"] < r["seconds"]
+    assert r["peak_rss_mb"] > 0
+
+
+def test_cli_epoch_json(caches):
+    result = CliRunner().invoke(bench, [str(caches[0]), "--workers", "2", "--epoch", "--json", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.output[result.output.index("{"):])
+    assert r["unique"] == r["samples"] == 30
+    for field in ("samples_per_s", "first_sample_s", "peak_rss_mb", "workers"):
+        assert field in r
+
+
+def test_timed_run_in_process(caches):
+    r = run_bench(caches[1], workers=0, seconds=0.3, epoch=False)
+    assert r["samples"] >= 1 and r["workers"] == 0 and "unique" not in r
+
+
+def test_missing_cache_is_a_user_error(tmp_path):
+    result = CliRunner().invoke(bench, [str(tmp_path / "nope"), "--epoch"])
+    assert isinstance(result.exception, UserError)
+    assert "no such cache directory" in str(result.exception)
+    with pytest.raises(UserError):
+        run_bench(tmp_path / "nope", workers=1, seconds=1)
