@@ -124,7 +124,42 @@ def child_decode_ratio(cache):
             "ratio": stream_s / memory_s}
 
 
-CHILDREN = {"inmemory": child_inmemory, "onthefly": child_onthefly, "stream": child_stream,
+def child_training(cache, config, workers):
+    """Full training input (resize + flip + RPN anchor targets, `config`) vs read + decode alone, same samples.
+
+    Single process first (per-sample cost, the fair ratio), then the real
+    pipeline with ``workers`` map processes.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
+
+    import trainer  # noqa: F401
+    from ddcache.dataflow import CacheDataFlow
+    from trainer.config import load_config
+    from trainer.train_data import TrainingMapper, build_train_dataflow
+
+    cfg = load_config(config)
+    df = CacheDataFlow(cache, shuffle=True, seed=0)
+    df.reset_state()
+    t0 = time.perf_counter()
+    n = sum(1 for _ in df)
+    decode_s = time.perf_counter() - t0
+    mapper, rng = TrainingMapper(cfg, seed=0), np.random.RandomState(0)
+    timings = {}
+    t0 = time.perf_counter()
+    mapped = sum(1 for s in df if mapper.map(s, rng, timings=timings) is not None)
+    full_s = time.perf_counter() - t0
+    pipeline = build_train_dataflow(CacheDataFlow(cache, shuffle=True, seed=1), cfg, num_workers=workers, seed=0)
+    pipeline.reset_state()
+    t0 = time.perf_counter()
+    got = sum(1 for _ in pipeline)
+    pipe_s = time.perf_counter() - t0
+    return {"samples": n, "mapped": mapped, "read_decode_per_s": n / decode_s, "training_input_per_s": mapped / full_s,
+            "fraction_of_read_decode": (mapped / full_s) / (n / decode_s), "stage_seconds": timings,
+            "pipeline_workers": workers, "pipeline_per_s": got / pipe_s}
+
+
+CHILDREN = {"training": child_training, "inmemory": child_inmemory, "onthefly": child_onthefly, "stream": child_stream,
             "decode_ratio": child_decode_ratio}
 
 
@@ -251,11 +286,14 @@ def main():
             growth[label] = {"cache_samples": n, **run_child("stream", path, max(1, args.workers), args.seconds)}
 
         ratios = {enc: run_child("decode_ratio", caches[enc]) for enc in ENCODINGS}
+        config = Path(__file__).resolve().parents[1] / "configs" / "cell.yaml"
+        training = run_child("training", caches["png"], config, max(1, args.workers))
 
         payload = {
             "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
             "tables": a["samples"], "pages": args.pages, "workers_n": args.workers,
             "runs": rows, "rss_vs_cache_size": growth, "stream_vs_memory_decode": ratios,
+            "training_pipeline": training,
         }
         md = [f"# Dataflow throughput ({a['samples']} tables, {os.cpu_count()} cores)", "",
               markdown_table(["pipeline", "samples", "first sample (s)", "samples/s", "peak RSS (MB)",
@@ -273,6 +311,12 @@ def main():
               markdown_table(["encoding", "samples", "from memory (s)", "streamed (s)", "ratio"],
                              [[enc, r["samples"], f"{r['decode_from_memory_s']:.3f}",
                                f"{r['stream_read_decode_s']:.3f}", f"{r['ratio']:.2f}"] for enc, r in ratios.items()]),
+              "", "## Full training input (cell.yaml: resize + flip + RPN anchor targets) vs read + decode alone", "",
+              markdown_table(["samples", "read+decode /s", "+ training preprocessing /s", "fraction",
+                              f"pipeline with {training['pipeline_workers']} workers /s"],
+                             [[training["samples"], f"{training['read_decode_per_s']:.1f}",
+                               f"{training['training_input_per_s']:.1f}", f"{training['fraction_of_read_decode']:.2f}",
+                               f"{training['pipeline_per_s']:.1f}"]]),
               "", "RSS sums the process tree (forked workers count pages shared with their parent again); "
               "PSS splits shared pages between processes (the honest total, taken once when streaming stops); "
               "growth = peak minus the RSS after imports (streaming imports TensorFlow via tensorpack, as the "
