@@ -78,3 +78,15 @@ def test_corrupt_record_error_survives_pickling():
 
     err = pickle.loads(pickle.dumps(CorruptRecordError("00000007", "checksum mismatch")))
     assert (err.key, err.reason) == ("00000007", "checksum mismatch") and "00000007" in str(err)
+
+
+def test_store_grows_its_map_instead_of_failing(tmp_path):
+    from ddcache.store import LmdbWriter
+
+    writer = LmdbWriter(tmp_path / "env", map_size=64 * 1024)
+    payload = bytes(range(256)) * 1024  # 256 KB per record: far past the initial 64 KB map
+    for i in range(8):
+        writer.commit([(f"{i:08d}", payload)], {"progress": {"i": i}})
+    assert writer.env.info()["map_size"] >= 8 * len(payload)
+    assert writer.get_raw("00000007") == payload and writer.get_meta("progress") == {"i": 7}
+    writer.close()
