@@ -139,6 +139,8 @@ def test_multiprocess_dataflow_two_workers():
         got = list(itertools.islice(iter(df), 8))  # non-strict: an endless stream
     finally:
         workers.__del__()  # terminate the workers now rather than at garbage collection
+        for proc in workers._procs:
+            proc.join(timeout=30)  # terminate() only sends the signal
     assert len(workers._procs) == 2 and not any(p.is_alive() for p in workers._procs)
     assert len(got) == 8
     for dp in got:
