@@ -72,13 +72,15 @@ def dataflow_ms(samples, workers, compact=True, n=24):
     """
     from tensorpack.dataflow import DataFromList, MultiProcessMapDataZMQ, RepeatedData
 
+    from ddcache.dataflow import LosslessMapDataZMQ
+
     from trainer.train_data import TrainingMapper, build_train_dataflow
 
     src = RepeatedData(DataFromList(samples, shuffle=False), -1)
     if compact or workers == 0:
         df = build_train_dataflow(src, CFG, workers, seed=0)
     else:
-        df = MultiProcessMapDataZMQ(src, num_proc=workers, map_func=TrainingMapper(CFG, 0), buffer_size=max(4, 2 * workers))
+        df = LosslessMapDataZMQ(src, num_proc=workers, map_func=TrainingMapper(CFG, 0), buffer_size=max(4, 2 * workers))
     df.reset_state()
     it = iter(df)
     try:

@@ -19,6 +19,9 @@ Pieces (compose them like any tensorpack DataFlow):
   the runner waits for all of them), errors name the key, a dead worker
   raises instead of hanging.
 * :func:`streaming_dataflow` -- the composed source used for training.
+* :class:`LosslessMapDataZMQ` -- tensorpack's ``MultiProcessMapDataZMQ``
+  whose workers never drop a reply (see its docstring); use it for every
+  multi-process map.
 * :func:`parallel_decode` -- decode raw items (``decode=False``) in
   ``MultiProcessMapDataZMQ`` workers; a corrupt record raises in the
   consumer naming its key instead of killing a worker (which would hang
@@ -46,7 +49,7 @@ from multiprocessing.connection import wait as wait_ready
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # tensorpack imports TensorFlow (FACTS.md §5)
 
 import numpy as np  # noqa: E402
-from tensorpack.dataflow import DataFlow  # noqa: E402
+from tensorpack.dataflow import DataFlow, MultiProcessMapDataZMQ  # noqa: E402
 
 from . import categories as C  # noqa: E402
 from .codec import checksum, decode_record  # noqa: E402
@@ -162,10 +165,27 @@ class _RaiseOrCount:
         raise CorruptRecordError(*bad)
 
 
+class LosslessMapDataZMQ(MultiProcessMapDataZMQ):
+    """``MultiProcessMapDataZMQ`` whose workers never silently drop a result.
+
+    tensorpack gives each REP worker socket a high-water mark of
+    ``2 * buffer_size / num_proc`` messages. A REP socket whose outgoing pipe
+    is at its mark drops the reply without an error (libzmq issue #4750), and
+    the pipe counts lag by up to half the mark; with MB-sized table crops that
+    happened here in about one run in three, after which the consumer waited
+    forever for the missing reply. Requests in flight are already bounded by
+    ``buffer_size`` on the consumer's side, so workers get no mark at all
+    (0 = unlimited): no reply is ever dropped and memory stays bounded.
+    """
+
+    def _create_worker(self, id, pipename, hwm):
+        return super()._create_worker(id, pipename, 0)
+
+
 def parallel_decode(df, num_proc, buffer_size=None, skip_corrupt=False, strict=True):
     """``df`` of raw items (``decode=False``) -> decoded samples, decoding in ``num_proc`` processes.
 
-    ``MultiProcessMapDataZMQ(decode)`` + a ``MapData`` that re-raises a
+    ``LosslessMapDataZMQ(decode)`` + a ``MapData`` that re-raises a
     corrupt record in the consumer (``CorruptRecordError`` naming the key)
     or, with ``skip_corrupt``, drops it and lists its key in ``.corrupt`` of
     the returned DataFlow's ``counter`` attribute. ``strict=True`` keeps
@@ -173,11 +193,11 @@ def parallel_decode(df, num_proc, buffer_size=None, skip_corrupt=False, strict=T
     ``df`` (one epoch of a streaming source). ``buffer_size`` defaults to 2 per
     process (at least 4): decoded table crops are MBs each.
     """
-    from tensorpack.dataflow import MapData, MultiProcessMapDataZMQ
+    from tensorpack.dataflow import MapData
 
     if buffer_size is None:
         buffer_size = max(4, 2 * num_proc)
-    mapped = MultiProcessMapDataZMQ(df, num_proc=num_proc, map_func=_decode_or_report, buffer_size=buffer_size,
+    mapped = LosslessMapDataZMQ(df, num_proc=num_proc, map_func=_decode_or_report, buffer_size=buffer_size,
                                     strict=strict)
     counter = _RaiseOrCount(skip_corrupt)
     out = MapData(mapped, counter)

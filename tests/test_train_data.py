@@ -128,12 +128,14 @@ def test_single_process_dataflow_skips_none():
 
 
 def test_multiprocess_dataflow_two_workers():
-    from tensorpack.dataflow import DataFromList, MultiProcessMapDataZMQ
+    from tensorpack.dataflow import DataFromList
+
+    from ddcache.dataflow import LosslessMapDataZMQ
 
     samples = [_sample(k, cells=5 + k) for k in range(4)]
     df = build_train_dataflow(DataFromList(samples, shuffle=False), _cfg(), num_workers=2, seed=1)
     workers = df.ds  # MapData(expand_compact) over the worker pool
-    assert isinstance(workers, MultiProcessMapDataZMQ) and workers.num_proc == 2
+    assert isinstance(workers, LosslessMapDataZMQ) and workers.num_proc == 2  # REP workers that never drop a reply
     df.reset_state()
     try:
         got = list(itertools.islice(iter(df), 8))  # non-strict: an endless stream

@@ -193,14 +193,16 @@ def build_train_dataflow(source_df, cfg, num_workers=0, seed=None):
 
     ``seed`` (default ``cfg.TRAIN.SEED``) seeds the mappers' RandomStates together with the pid.
     ``num_workers == 0`` maps in the calling process (``MapData``);
-    ``num_workers >= 1`` forks that many ``MultiProcessMapDataZMQ`` workers
+    ``num_workers >= 1`` forks that many ``LosslessMapDataZMQ`` workers
     (non-strict: an endless reordering of the repeated source, as training
     wants), and the consumer expands their compact output (:func:`expand_compact`).
     The buffer holds 2 datapoints per worker (at least 4): a compact 1408x1000
     datapoint is ~5 MB (~25 MB expanded), so tensorpack's default of 200 would
     hold gigabytes, while 2 per worker already hides a worker's jitter.
     """
-    from tensorpack.dataflow import MapData, MultiProcessMapDataZMQ
+    from tensorpack.dataflow import MapData
+
+    from ddcache.dataflow import LosslessMapDataZMQ
 
     if seed is None:
         seed = int(getattr(getattr(cfg, "TRAIN", None), "SEED", 0))
@@ -209,7 +211,7 @@ def build_train_dataflow(source_df, cfg, num_workers=0, seed=None):
         return MapData(source_df, TrainingMapper(cfg, seed))
     # Workers ship the compact form (uint8 image, sparse targets): pickling and copying the
     # dense float32 datapoint through ZMQ costs more than building it here.
-    workers = MultiProcessMapDataZMQ(source_df, num_proc=num_workers, map_func=TrainingMapper(cfg, seed, compact=True),
+    workers = LosslessMapDataZMQ(source_df, num_proc=num_workers, map_func=TrainingMapper(cfg, seed, compact=True),
                                      buffer_size=max(4, 2 * num_workers))
     return MapData(workers, expand_compact)
 
