@@ -137,6 +137,24 @@ def test_two_dataflows_on_one_cache_in_one_process(cache):
     assert sorted(y["index"] for _, y in pairs) == list(range(N))
 
 
+def test_reader_remaps_after_remap_bytes_and_reads_the_same(cache, monkeypatch):
+    """Pages stay mapped (and in RSS) while an env is open; the reader closes and reopens it every REMAP_BYTES."""
+    from ddcache import store
+
+    expected = [store.CacheReader(cache).get_raw(i) for i in range(12)]
+    opened = []
+    real_open = store.lmdb.open
+    monkeypatch.setattr(store.lmdb, "open", lambda *a, **kw: opened.append(a[0]) or real_open(*a, **kw))
+    monkeypatch.setattr(store, "REMAP_BYTES", 2 * max(len(r) for r in expected))  # a reopen every 2-3 records
+    reader = store.CacheReader(cache)
+    for entry in store._READ_ENVS.values():  # start from no open env
+        entry[1].close()
+    store._READ_ENVS.clear()
+    got = [reader.get_raw(i) for i in range(12)]
+    assert got == expected
+    assert 4 <= len(opened) <= 7, opened
+
+
 def test_dataflow_used_in_parent_then_in_forked_workers(cache):
     ds = ShardedCacheDataFlow(cache, num_workers=2, shuffle=True, seed=5)
     ds.reset_state()
