@@ -53,7 +53,7 @@ def test_inputs_follow_the_contract():
     from trainer.train_data import datapoint_names
 
     assert input_names(5) == datapoint_names(5)  # the data pipeline produces datapoints in this order
-    assert specs[0].shape.as_list() == [None, None, 3] and specs[0].dtype == tf.float32
+    assert specs[0].shape.as_list() == [None, None, 3] and specs[0].dtype == tf.uint8
     assert specs[1].dtype == tf.int32 and specs[1].shape.as_list() == [None, None, 3]
     assert specs[2].shape.as_list() == [None, None, 3, 4]
     assert specs[-1].dtype == tf.int64 and specs[-2].shape.as_list() == [None, 4]
@@ -187,7 +187,7 @@ def test_detections_per_class_then_class_agnostic_nms():
 
 def synthetic_datapoint(cfg, h, w, rng):
     """Image, anchor targets (built here from the shared anchor definition) and gt boxes for one image."""
-    image = rng.uniform(180, 255, (h, w, 3)).astype(np.float32)
+    image = rng.uniform(180, 255, (h, w, 3)).astype(np.uint8)
     gt = np.array([[20, 30, 140, 60], [150, 100, 300, 140], [40, 150, 90, 230]], np.float32)
     for x0, y0, x1, y1 in gt.astype(int):
         image[y0:y1, x0:x1] = rng.uniform(0, 60, 3)  # dark boxes on a light page

@@ -38,7 +38,7 @@ def _check_datapoint(dp, n_gt=None):
     names = datapoint_names()
     assert len(dp) == len(names) == 13
     image = dp[0]
-    assert image.dtype == np.float32 and image.ndim == 3 and image.shape[2] == 3
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
     h, w = image.shape[:2]
     assert 600 <= min(h, w) <= 1200 and max(h, w) <= 1408
     for k, stride in enumerate(STRIDES):
@@ -103,7 +103,7 @@ def test_mapper_pickles_without_process_state():
 
 def test_eval_preprocess():
     image, scale = eval_preprocess(_sample(4, h=100, w=160), _cfg())
-    assert image.dtype == np.float32 and image.shape == (800, 1280, 3)
+    assert image.dtype == np.uint8 and image.shape == (800, 1280, 3)
     np.testing.assert_allclose(scale, [8.0, 8.0])
 
 

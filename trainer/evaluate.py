@@ -55,7 +55,7 @@ def run_evaluation(predict_fn, reader, evaluator, max_datapoints=None, cfg=None,
         Without ``cfg``, it gets the cache image as stored (uint8) and must
         answer in that image's pixels (a :class:`trainer.predictor.Predictor`
         does). With ``cfg``, it is a graph-level function (e.g. the training
-        callback's online predictor fed only ``image``): it gets the float32
+        callback's online predictor fed only ``image``): it gets the uint8
         image resized as in evaluation and its boxes are mapped back
         (:func:`trainer.predictor.detect_in_original_frame`). Either way the
         resize starts from the uint8 image, as in ``ddtrain predict``.

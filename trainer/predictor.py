@@ -31,7 +31,7 @@ def detect_in_original_frame(graph_fn, image_bgr, cfg):
     """Run a graph-level detector on an image of any size; boxes come back in that image's pixels.
 
     Args:
-      graph_fn: callable ``image float32 [h, w, 3] BGR (already resized) ->
+      graph_fn: callable ``image uint8 [h, w, 3] BGR (already resized) ->
         (boxes [K, 4] xyxy in the resized image's pixels, scores [K], labels [K]
         in 1..len(DATA.CATEGORIES))`` -- e.g. an OfflinePredictor/OnlinePredictor
         whose single input is ``image``.
@@ -46,7 +46,7 @@ def detect_in_original_frame(graph_fn, image_bgr, cfg):
     if image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
         raise ValueError(f"expected an H x W x 3 BGR image, got shape {image_bgr.shape}")
     resized, scale = eval_preprocess({"image": image_bgr}, cfg)
-    boxes, scores, labels = graph_fn(np.asarray(resized, dtype=np.float32))
+    boxes, scores, labels = graph_fn(resized)
     # scale is new/old per axis, (sx, sy) (or one number): original = resized / scale
     sx, sy = np.broadcast_to(np.asarray(scale, dtype=np.float32).reshape(-1), (2,))
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) / np.array([sx, sy, sx, sy], dtype=np.float32)
@@ -119,7 +119,7 @@ class Predictor:
         self.close()
 
     def graph_fn(self, image):
-        """The raw graph: resized float32 image -> (boxes in its pixels, scores, labels)."""
+        """The raw graph: resized uint8 image -> (boxes in its pixels, scores, labels)."""
         boxes, scores, labels = self._offline(image)
         return boxes, scores, labels
 

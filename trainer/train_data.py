@@ -11,7 +11,7 @@ Config keys read (attribute access, e.g. ``cfg.PREPROC.MAX_SIZE``):
 - ``DATA.CATEGORIES``: category names trained, label k = k-th name;
 - ``TRAIN.SEED``: default seed of :func:`build_train_dataflow`.
 
-Datapoint (list, in this order): image float32 ``[H, W, 3]`` BGR 0..255
+Datapoint (list, in this order): image uint8 ``[H, W, 3]`` BGR
 (resized, maybe flipped, unpadded); per level 2..6 ``anchor_labels_lvl{l}``
 int32 ``[fh, fw, A]`` then ``anchor_boxes_lvl{l}`` float32 ``[fh, fw, A, 4]``;
 ``gt_boxes`` float32 ``[N, 4]`` xyxy pixels of the resized image;
@@ -150,10 +150,6 @@ class TrainingMapper:
         if prepared is None:
             return None
         image, boxes, labels = prepared
-        t0 = time.perf_counter()
-        image = image.astype(np.float32)
-        if timings is not None:
-            timings["resize_flip"] = timings.get("resize_flip", 0.0) + (time.perf_counter() - t0)
         dp = [image]
         for lvl_labels, lvl_boxes in rpn_targets(image.shape[:2], boxes, self._grids, rng, timings):
             dp += [lvl_labels, lvl_boxes]
@@ -176,13 +172,13 @@ class TrainingMapper:
 def expand_compact(compact):
     """Compact mapper output -> datapoint list (module docstring).
 
-    The compact form (uint8 image, int8 flat labels, fg indices + boxes) is
-    ~5x smaller than the datapoint (a 1200x1400 datapoint: ~27 MB, mostly the
-    float32 image and zero boxes), so worker processes send that over ZMQ and
-    the consumer expands it.
+    The compact form (int8 flat labels, fg indices + boxes) is much smaller
+    than the dense per-level targets (mostly zero boxes: ~18 MB for a
+    1200x1400 image), so worker processes send that over ZMQ and the
+    consumer expands it.
     """
     image, flat, fg, fg_boxes, shapes, boxes, labels = compact
-    dp = [image.astype(np.float32)]
+    dp = [image]
     for lvl_labels, lvl_boxes in dense_level_targets(flat, fg, fg_boxes, [tuple(s) for s in shapes]):
         dp += [lvl_labels, lvl_boxes]
     return dp + [boxes, labels]
@@ -217,10 +213,18 @@ def build_train_dataflow(source_df, cfg, num_workers=0, seed=None):
 
 
 def eval_preprocess(sample, cfg):
-    """Evaluation input: (image float32 ``[h, w, 3]`` BGR resized to ``PREPROC.SHORT_EDGE_SIZE`` capped at
+    """Evaluation input: (image uint8 ``[h, w, 3]`` BGR resized to ``PREPROC.SHORT_EDGE_SIZE`` capped at
     ``PREPROC.MAX_SIZE``, scale float32 [2] = (sx, sy)); original pixel = predicted / scale."""
     image, scale = preprocessing.eval_resize(sample["image"], int(cfg.PREPROC.SHORT_EDGE_SIZE), int(cfg.PREPROC.MAX_SIZE))
-    return image.astype(np.float32), scale
+    return _as_uint8(image), scale
+
+
+def _as_uint8(image):
+    """uint8 as it is; a float image (0..255) rounded and clipped, as the graph's uint8 input wants."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
 def profile_stages(samples, cfg, seed=0):

@@ -1,7 +1,8 @@
 """``CascadeRCNN``: the tensorpack ``ModelDesc`` of the cell / row-column detector.
 
 Inputs (docs/CONTRACTS.md "Trainer model inputs", one image per tower):
-``image`` float32 ``[H, W, 3]`` BGR 0..255 (resized, unpadded); per level
+``image`` uint8 ``[H, W, 3]`` BGR (resized, unpadded; cast in the graph, so a
+quarter of the bytes of float32 cross into the graph / onto the GPU); per level
 l = 2..6 ``anchor_labels_lvl{l}`` int32 ``[fh, fw, A]`` and
 ``anchor_boxes_lvl{l}`` float32 ``[fh, fw, A, 4]``; ``gt_boxes`` float32
 ``[N, 4]``; ``gt_labels`` int64 ``[N]`` (1..len(DATA.CATEGORIES)).
@@ -57,17 +58,17 @@ class CascadeRCNN(ModelDesc):
 
     def inputs(self):
         a = self.num_anchors
-        specs = [tf.TensorSpec([None, None, 3], tf.float32, "image")]
+        specs = [tf.TensorSpec([None, None, 3], tf.uint8, "image")]
         for lvl in range(2, 2 + self.num_levels):
             specs += [tf.TensorSpec([None, None, a], tf.int32, f"anchor_labels_lvl{lvl}"),
                       tf.TensorSpec([None, None, a, 4], tf.float32, f"anchor_boxes_lvl{lvl}")]
         return specs + [tf.TensorSpec([None, 4], tf.float32, "gt_boxes"), tf.TensorSpec([None], tf.int64, "gt_labels")]
 
     def preprocess(self, image):
-        """``[H, W, 3]`` BGR 0..255 -> normalised ``[1, ...]`` in ``data_format``, padded to a multiple of 32."""
+        """``[H, W, 3]`` BGR uint8 (or float 0..255) -> normalised ``[1, ...]`` in ``data_format``, padded to a multiple of 32."""
         p = self.cfg.PREPROC
         with tf.name_scope("preprocess"):
-            x = (image - tf.constant(p.PIXEL_MEAN, tf.float32)) / tf.constant(p.PIXEL_STD, tf.float32)
+            x = (tf.cast(image, tf.float32) - tf.constant(p.PIXEL_MEAN, tf.float32)) / tf.constant(p.PIXEL_STD, tf.float32)
             mult = int(self.cfg.FPN.RESOLUTION_REQUIREMENT)
             hw = tf.shape(image)[:2]
             pad = (mult - hw % mult) % mult
