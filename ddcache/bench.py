@@ -31,13 +31,16 @@ class _PeakRss:
         self._proc = psutil.Process()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _tree(self):
+        """This process and its live descendants (workers come and go)."""
+        try:
+            return [self._proc] + self._proc.children(recursive=True)
+        except psutil.NoSuchProcess:
+            return [self._proc]
+
     def sample(self):
         total = anon = 0
-        try:
-            procs = [self._proc] + self._proc.children(recursive=True)
-        except psutil.NoSuchProcess:
-            procs = [self._proc]
-        for p in procs:
+        for p in self._tree():
             try:
                 mem = p.memory_info()
             except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -75,11 +78,7 @@ class _PeakRss:
         so it is taken once (at the end of streaming), not sampled.
         """
         total = 0
-        try:
-            procs = [self._proc] + self._proc.children(recursive=True)
-        except psutil.NoSuchProcess:
-            procs = [self._proc]
-        for p in procs:
+        for p in self._tree():
             try:
                 total += getattr(p.memory_full_info(), "pss", 0)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
