@@ -140,7 +140,7 @@ def _decode_or_report(item):
     # Map workers must not raise (tensorpack's consumer would wait forever for
     # the dead worker's reply): turn the error into a value the consumer re-raises.
     if not _DEATHSIG_SET:  # first call in this tensorpack map worker: die with the parent, never linger
-        _die_with_parent(os.getppid())
+        die_with_parent(os.getppid())
         _DEATHSIG_SET.append(os.getpid())
     try:
         return decode_sample(item)
@@ -298,7 +298,7 @@ class CacheDataFlow(DataFlow):
         yield from self.iter_epoch(epoch)
 
 
-def _die_with_parent(parent_pid):
+def die_with_parent(parent_pid):
     """Ask Linux to SIGKILL this process when its parent dies (tensorpack wants python-prctl for this)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -351,7 +351,7 @@ class ShardedCacheDataFlow(CacheDataFlow):
 
     def reset_state(self):
         if os.getpid() != self._owner_pid:
-            _die_with_parent(os.getppid())
+            die_with_parent(os.getppid())
             if self.worker is None:
                 self.assign_worker(self._claim())
         super().reset_state()
@@ -427,7 +427,7 @@ class _ImageSlots:
 
 def _worker_main(ds, worker, conn, parent_pid, slots):
     """Body of one reader process: wait for ``("epoch", e)``, send its items, then ``("end", e, corrupt keys)``."""
-    _die_with_parent(parent_pid)
+    die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then stops us
     ds.assign_worker(worker)
     try:

@@ -191,3 +191,13 @@ def test_train_stop_then_resume_then_ctrl_c(caches, tmp_path):
         f"ddtrain: interrupted at global step {step}; checkpoint {logdir}/model-{step}"]
     steps = [s["global_step"] for s in _stats(logdir)]
     assert steps == sorted(steps) and steps[0] <= 3  # one history, appended to, never restarted
+
+
+def test_exit_after_ctrl_c_is_bounded_even_if_shutdown_blocks():
+    """After the interrupted checkpoint is reported, a blocked teardown cannot keep ddtrain alive."""
+    code = ("import threading\n"
+            "from trainer.train import _exit_within\n"
+            "_exit_within(0.5, 7)\n"
+            "threading.Thread(target=threading.Event().wait).start()  # non-daemon: blocks shutdown forever\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 7, r.stderr[-2000:]

@@ -27,6 +27,7 @@ Ctrl-C saves a checkpoint, then exits 130 with one line.
 import math
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -37,6 +38,27 @@ from ddcache.errors import UserError
 from trainer.config import load_user_config
 
 CONFIG_NAME = "config.yaml"
+
+
+INTERRUPT_EXIT_GRACE_S = 30
+
+
+def _exit_within(seconds, code):
+    """Leave after at most ``seconds`` more, even if the interpreter's shutdown blocks.
+
+    After Ctrl-C the checkpoint is saved and reported; what remains is
+    teardown (tensorpack's input thread and ZMQ sockets, map workers), which
+    was interrupted mid-operation and once hung a CI run. A daemon timer
+    bounds it; map workers die with this process (``PR_SET_PDEATHSIG``).
+    """
+    def force():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()
 
 
 class TrainingInterrupted(Exception):
@@ -350,4 +372,5 @@ def train(config_path, train_caches, val_caches, logdir, weights, overrides, ste
                    gpus=gpus, horovod=horovod, workers=workers, eval_max_datapoints=eval_max_datapoints)
     except TrainingInterrupted as exc:
         click.echo(f"ddtrain: {exc}", err=True)
+        _exit_within(INTERRUPT_EXIT_GRACE_S, 130)
         sys.exit(130)
