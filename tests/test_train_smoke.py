@@ -196,8 +196,8 @@ def test_train_stop_then_resume_then_ctrl_c(caches, tmp_path):
 def test_exit_after_ctrl_c_is_bounded_even_if_shutdown_blocks():
     """After the interrupted checkpoint is reported, a blocked teardown cannot keep ddtrain alive."""
     code = ("import threading\n"
-            "from trainer.train import _exit_within\n"
-            "_exit_within(0.5, 7)\n"
+            "from trainer.train import exit_within\n"
+            "exit_within(0.5, 7)\n"
             "threading.Thread(target=threading.Event().wait).start()  # non-daemon: blocks shutdown forever\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 7, r.stderr[-2000:]

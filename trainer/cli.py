@@ -38,5 +38,11 @@ for _module, _name in _COMMANDS:
 def run():
     """Entry point of the `ddtrain` console script (same error policy as `ddcache`)."""
     from ddcache.cli import run_with_error_policy
+    from trainer.train import INTERRUPT_EXIT_GRACE_S, exit_within
 
-    run_with_error_policy(main, "ddtrain")
+    try:
+        run_with_error_policy(main, "ddtrain")
+    except SystemExit as exc:
+        if exc.code == 130:  # Ctrl-C: the checkpoint is saved and reported; do not let teardown hang
+            exit_within(INTERRUPT_EXIT_GRACE_S, 130)
+        raise

@@ -43,13 +43,15 @@ CONFIG_NAME = "config.yaml"
 INTERRUPT_EXIT_GRACE_S = 30
 
 
-def _exit_within(seconds, code):
+def exit_within(seconds, code):
     """Leave after at most ``seconds`` more, even if the interpreter's shutdown blocks.
 
     After Ctrl-C the checkpoint is saved and reported; what remains is
     teardown (tensorpack's input thread and ZMQ sockets, map workers), which
     was interrupted mid-operation and once hung a CI run. A daemon timer
     bounds it; map workers die with this process (``PR_SET_PDEATHSIG``).
+    Armed by the ``ddtrain`` entry point only (never inside a host process
+    such as a test runner).
     """
     def force():
         sys.stdout.flush()
@@ -372,5 +374,4 @@ def train(config_path, train_caches, val_caches, logdir, weights, overrides, ste
                    gpus=gpus, horovod=horovod, workers=workers, eval_max_datapoints=eval_max_datapoints)
     except TrainingInterrupted as exc:
         click.echo(f"ddtrain: {exc}", err=True)
-        _exit_within(INTERRUPT_EXIT_GRACE_S, 130)
         sys.exit(130)
