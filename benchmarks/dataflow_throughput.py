@@ -189,7 +189,7 @@ def replicate_cache(src, dst, n):
     The records, checksums and index entries are copied as they are; only the
     keys are new. Returns ``dst``.
     """
-    from ddcache.manifest import new_manifest, read_manifest, record_key, write_manifest
+    from ddcache.manifest import append_record, new_manifest, read_manifest, record_key, write_manifest
     from ddcache.store import CacheReader, LmdbWriter
 
     reader = CacheReader(src)
@@ -202,9 +202,7 @@ def replicate_cache(src, dst, n):
     for i in range(n):
         raw = reader.get_raw(i % k)
         batch.append((record_key(i), raw))
-        out["checksums"].append(m["checksums"][i % k])
-        for col in ("num_rows", "num_cols", "num_cells"):
-            out["index"][col].append(m["index"][col][i % k])
+        append_record(out, m["checksums"][i % k], *(m["index"][col][i % k] for col in ("num_rows", "num_cols", "num_cells")))
         total += len(raw)
         if len(batch) >= 512:
             writer.commit(batch, {})

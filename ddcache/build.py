@@ -36,7 +36,7 @@ from .codec import checksum, encode_record, ENCODINGS
 from .crop import make_page_sample, make_table_sample
 from .datasets import get_reader
 from .errors import SkipSample, UserError
-from .manifest import SKIP_REPORT_NAME, new_manifest, read_manifest, record_key, write_manifest
+from .manifest import SKIP_REPORT_NAME, append_record, new_manifest, read_manifest, record_key, write_manifest
 
 FILTERS = ("min_rows", "max_rows", "min_cols", "max_cols", "min_cells", "max_cells")
 
@@ -417,10 +417,7 @@ def _publish(reader, opts, writer, state, out, partial):
     manifest = new_manifest(opts.dataset, opts.split, opts.mode, C.IDS, opts.record_options(),
                             opts.shard if opts.shard[1] > 1 else None)
     for name, (digest, rows, cols, cells) in writer.iter_meta("sum/"):
-        manifest["checksums"].append(digest)
-        manifest["index"]["num_rows"].append(rows)
-        manifest["index"]["num_cols"].append(cols)
-        manifest["index"]["num_cells"].append(cells)
+        append_record(manifest, digest, rows, cols, cells)
     if len(manifest["checksums"]) != state["written"]:
         raise RuntimeError(f"internal: {len(manifest['checksums'])} checksums for {state['written']} records")
     skipped_total = sum(state["skipped"].values())

@@ -45,6 +45,14 @@ def new_manifest(dataset, split, mode, categories, options, shard):
     }
 
 
+def append_record(manifest, digest, num_rows, num_cols, num_cells):
+    """Register the next record (in key order): its checksum and its index entries (the read-time filters)."""
+    manifest["checksums"].append(digest)
+    manifest["index"]["num_rows"].append(int(num_rows))
+    manifest["index"]["num_cols"].append(int(num_cols))
+    manifest["index"]["num_cells"].append(int(num_cells))
+
+
 def write_manifest(cache_dir, manifest):
     """Write ``manifest.json`` durably (temp file + fsync + rename)."""
     path = Path(cache_dir) / MANIFEST_NAME

@@ -17,7 +17,7 @@ import numpy as np
 
 from ddcache import categories as C
 from ddcache.codec import checksum, encode_record
-from ddcache.manifest import new_manifest, record_key, write_manifest
+from ddcache.manifest import append_record, new_manifest, record_key, write_manifest
 from ddcache.store import LmdbWriter
 
 
@@ -83,11 +83,7 @@ def write_records(path, raws, index_rows, dataset="fintabnet", split="train", mo
     for i, raw in enumerate(raws):
         key = record_key(i)
         batch.append((key, raw))
-        manifest["checksums"].append(checksum(raw))
-        rows, cols, cells = index_rows[i]
-        manifest["index"]["num_rows"].append(int(rows))
-        manifest["index"]["num_cols"].append(int(cols))
-        manifest["index"]["num_cells"].append(int(cells))
+        append_record(manifest, checksum(raw), *index_rows[i])
         total_bytes += len(raw)
         if len(batch) >= 256:
             writer.commit(batch, {})
