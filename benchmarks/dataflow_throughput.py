@@ -189,30 +189,20 @@ def replicate_cache(src, dst, n):
     The records, checksums and index entries are copied as they are; only the
     keys are new. Returns ``dst``.
     """
-    from ddcache.manifest import append_record, new_manifest, read_manifest, record_key, write_manifest
-    from ddcache.store import CacheReader, LmdbWriter
+    from ddcache.manifest import new_manifest, read_manifest
+    from ddcache.store import CacheReader, write_cache
 
     reader = CacheReader(src)
     m = read_manifest(src)
     k = len(reader)
-    writer = LmdbWriter(dst, map_size=1 << 32)
     options = {**m["build_options"], "replicated_from": str(src)}
     out = new_manifest(m["dataset"], m["split"], m["mode"], m["categories"], options, None)
-    batch, total = [], 0
-    for i in range(n):
-        raw = reader.get_raw(i % k)
-        batch.append((record_key(i), raw))
-        append_record(out, m["checksums"][i % k], *(m["index"][col][i % k] for col in ("num_rows", "num_cols", "num_cells")))
-        total += len(raw)
-        if len(batch) >= 512:
-            writer.commit(batch, {})
-            batch = []
-    writer.commit(batch, {})
-    writer.close()
-    out["counts"] = {**m["counts"], "num_samples": n, "bytes": total}
+    out["counts"] = dict(m["counts"])
     out["encoding"] = m.get("encoding")
-    write_manifest(dst, out)
-    return Path(dst)
+    index = m["index"]
+    items = ((reader.get_raw(i % k), m["checksums"][i % k], index["num_rows"][i % k], index["num_cols"][i % k],
+              index["num_cells"][i % k]) for i in range(n))
+    return write_cache(dst, out, items, map_size=1 << 32)
 
 
 # ---------------------------------------------------------------- report

@@ -18,13 +18,38 @@ import numpy as np
 
 from .codec import checksum, decode_record
 from .errors import CorruptRecordError, UserError
-from .manifest import read_manifest, record_key
+from .manifest import append_record, read_manifest, record_key, write_manifest
 
 _META_PREFIX = b"__"
 _INITIAL_MAP_SIZE = 1 << 30
 _READ_ENVS = {}  # resolved path -> [pid, env, bytes read through env]
 _READ_LOCK = threading.RLock()
 REMAP_BYTES = 1 << 20  # see read_value: ~0.1 ms per reopen, ~40 MB mapped at most
+
+
+def write_cache(path, manifest, items, map_size=_INITIAL_MAP_SIZE):
+    """Write a finished cache in one go (no resume, no atomic publish): records + manifest at ``path``.
+
+    For caches made from records that already exist (test fixtures, the
+    benchmark's replicated caches), not for builds. ``manifest`` comes from
+    ``new_manifest``; ``items`` yields ``(raw, digest, num_rows, num_cols,
+    num_cells)`` in key order. Sets ``counts["num_samples"]`` and
+    ``counts["bytes"]`` (other counts are the caller's). Returns ``Path(path)``.
+    """
+    writer = LmdbWriter(path, map_size=map_size)
+    batch, total = [], 0
+    for raw, digest, rows, cols, cells in items:
+        batch.append((record_key(len(manifest["checksums"])), raw))
+        append_record(manifest, digest, rows, cols, cells)
+        total += len(raw)
+        if len(batch) >= 512:
+            writer.commit(batch, {})
+            batch = []
+    writer.commit(batch, {})
+    writer.close()
+    manifest["counts"] = {**manifest.get("counts", {}), "num_samples": len(manifest["checksums"]), "bytes": total}
+    write_manifest(path, manifest)
+    return Path(path)
 
 
 class LmdbWriter:

@@ -1,7 +1,7 @@
 """Small synthetic caches written directly in the real on-disk format (no rendering, no builder).
 
-``make_cache(path, n, ...)`` writes ``n`` records with ``LmdbWriter`` and a
-manifest with ``write_manifest``, exactly as a finished build leaves them:
+``make_cache(path, n, ...)`` writes ``n`` records and their manifest with
+``store.write_cache``, exactly as a finished build leaves them:
 records via ``codec.encode_record`` under ``record_key(i)``, one
 ``codec.checksum(raw)`` per record, the per-record index
 (``num_rows`` / ``num_cols`` / ``num_cells``), counts and categories.
@@ -17,8 +17,8 @@ import numpy as np
 
 from ddcache import categories as C
 from ddcache.codec import checksum, encode_record
-from ddcache.manifest import append_record, new_manifest, record_key, write_manifest
-from ddcache.store import LmdbWriter
+from ddcache.manifest import new_manifest, record_key
+from ddcache.store import write_cache
 
 
 def default_rows(i):
@@ -74,28 +74,14 @@ def write_records(path, raws, index_rows, dataset="fintabnet", split="train", mo
     """Write already-encoded records ``raws`` (bytes, in key order) + their manifest into ``path``.
 
     ``index_rows``: one ``(num_rows, num_cols, num_cells)`` per record.
-    Returns ``path`` (a ``Path``). Used to replicate records into large caches cheaply.
+    Returns ``path`` (a ``Path``).
     """
-    path = Path(path)
-    writer = LmdbWriter(path)
+    n = len(raws)
     manifest = new_manifest(dataset, split, mode, C.IDS, {"encoding": encoding, "synthetic": True}, shard)
-    batch, total_bytes = [], 0
-    for i, raw in enumerate(raws):
-        key = record_key(i)
-        batch.append((key, raw))
-        append_record(manifest, checksum(raw), *index_rows[i])
-        total_bytes += len(raw)
-        if len(batch) >= 256:
-            writer.commit(batch, {})
-            batch = []
-    writer.commit(batch, {})
-    writer.close()
-    n = len(manifest["checksums"])
-    manifest["counts"] = {"num_samples": n, "num_read": n, "num_tables_written": n, "num_skipped": 0, "skipped": {},
-                          "boxes_per_category": {}, "dropped_boxes": 0, "bytes": total_bytes}
+    manifest["counts"] = {"num_read": n, "num_tables_written": n, "num_skipped": 0, "skipped": {},
+                          "boxes_per_category": {}, "dropped_boxes": 0}
     manifest["encoding"] = encoding
-    write_manifest(path, manifest)
-    return path
+    return write_cache(path, manifest, ((raw, checksum(raw), *rows) for raw, rows in zip(raws, index_rows)))
 
 
 def make_cache(path, n, encoding="png", rows=default_rows, cols=default_cols, start=0, shard=None, cell_px=12):

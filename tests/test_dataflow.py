@@ -69,7 +69,10 @@ def test_exactly_once_inside_tensorpack_multiprocess_runner(cache):
             got = []
             stream = iter(runner)
             # workers advance their own epochs; read until epoch 0 of this rank is complete
-            while sum(1 for s in got if s["epoch"] == 0) < len(ds):
+            # (bounded: a lost sample must fail the assertion below, not hang the test)
+            for _ in range(4 * len(ds)):
+                if sum(1 for s in got if s["epoch"] == 0) >= len(ds):
+                    break
                 try:
                     got.append(next(stream))
                 except StopIteration:
@@ -417,5 +420,5 @@ def test_workers_die_with_a_killed_parent(cache, tmp_path):
     assert len(pids) == 4
     deadline = time.monotonic() + 20
     while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
-        psutil.wait_procs([], timeout=0.05)  # brief wait between checks of other processes' state
+        time.sleep(0.05)  # the killed parent's workers exit asynchronously
     assert all(_gone(p) for p in pids)

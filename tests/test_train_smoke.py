@@ -162,19 +162,23 @@ def test_train_stop_then_resume_then_ctrl_c(caches, tmp_path):
            str(caches["train"]), "--val", str(caches["val"]), "--logdir", str(logdir), "--steps", "500",
            "--workers", "1", "--gpus", "0"] + [a for o in overrides for a in ("--override", o)]
     # A shell's background job inherits SIGINT ignored; Python then never raises KeyboardInterrupt. Reset it.
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    seen = []
-    try:
-        for line in proc.stdout:
-            seen.append(line)
-            if "global_step=4, learning_rate changes" in line:  # the first step after the restart has run
-                break
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # stderr goes to a file: an unread pipe would block the child once TensorFlow's warnings fill it
+    err_path = tmp_path / "ddtrain.stderr"
+    with open(err_path, "w") as err_file:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_file, text=True, cwd=ROOT,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        seen = []
+        try:
+            for line in proc.stdout:
+                seen.append(line)
+                if "global_step=4, learning_rate changes" in line:  # the first step after the restart has run
+                    break
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=90)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    err = err_path.read_text()
     log = "".join(seen)
     assert f"resuming from {logdir}/model-3 (global step 3)" in log, log[-3000:]
     assert "Start training with global_step=3" in log, log[-3000:]
