@@ -133,15 +133,9 @@ def decode_sample(item):
     return SampleDecoder(*item["decode"])(item)
 
 
-_DEATHSIG_SET = []
-
-
 def _decode_or_report(item):
     # Map workers must not raise (tensorpack's consumer would wait forever for
     # the dead worker's reply): turn the error into a value the consumer re-raises.
-    if not _DEATHSIG_SET:  # first call in this tensorpack map worker: die with the parent, never linger
-        die_with_parent(os.getppid())
-        _DEATHSIG_SET.append(os.getpid())
     try:
         return decode_sample(item)
     except CorruptRecordError as exc:
@@ -176,10 +170,22 @@ class LosslessMapDataZMQ(MultiProcessMapDataZMQ):
     forever for the missing reply. Requests in flight are already bounded by
     ``buffer_size`` on the consumer's side, so workers get no mark at all
     (0 = unlimited): no reply is ever dropped and memory stays bounded.
+
+    Workers also die with the process that starts them (``PR_SET_PDEATHSIG``,
+    set before they wait for their first request): tensorpack relies on
+    python-prctl for that, which is not a dependency here.
     """
 
     def _create_worker(self, id, pipename, hwm):
-        return super()._create_worker(id, pipename, 0)
+        worker = super()._create_worker(id, pipename, 0)
+        parent, run = os.getpid(), worker.run
+
+        def run_dying_with_parent():
+            die_with_parent(parent)
+            run()
+
+        worker.run = run_dying_with_parent  # called by Process._bootstrap in the forked worker
+        return worker
 
 
 def parallel_decode(df, num_proc, buffer_size=None, skip_corrupt=False, strict=True):

@@ -24,6 +24,15 @@ _META_PREFIX = b"__"
 _INITIAL_MAP_SIZE = 1 << 30
 _READ_ENVS = {}  # resolved path -> [pid, env, bytes read through env]
 _READ_LOCK = threading.RLock()
+
+
+def _new_read_lock():
+    # A fork while another thread holds the lock would leave the child's copy locked forever.
+    global _READ_LOCK
+    _READ_LOCK = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_new_read_lock)
 REMAP_BYTES = 1 << 20  # see read_value: ~0.1 ms per reopen, ~40 MB mapped at most
 
 

@@ -69,10 +69,9 @@ def test_exactly_once_inside_tensorpack_multiprocess_runner(cache):
             got = []
             stream = iter(runner)
             # workers advance their own epochs; read until epoch 0 of this rank is complete
-            # (bounded: a lost sample must fail the assertion below, not hang the test)
-            for _ in range(4 * len(ds)):
-                if sum(1 for s in got if s["epoch"] == 0) >= len(ds):
-                    break
+            # (bounded in time: a lost sample must fail the assertion below, not hang the test)
+            deadline = time.monotonic() + 60
+            while sum(1 for s in got if s["epoch"] == 0) < len(ds) and time.monotonic() < deadline:
                 try:
                     got.append(next(stream))
                 except StopIteration:
@@ -410,14 +409,19 @@ def test_workers_die_with_a_killed_parent(cache, tmp_path):
         zmq_runner = MultiProcessRunnerZMQ(ShardedCacheDataFlow({str(cache)!r}, num_workers=2), num_proc=2, hwm=2)
         zmq_runner.reset_state()
         next(iter(zmq_runner))
-        print("PIDS", *df.pids, *[p.pid for p in zmq_runner._procs], flush=True)
+        # LosslessMapDataZMQ map workers (parallel_decode, training) set it before their first request
+        from ddcache.dataflow import parallel_decode
+        decoder = parallel_decode(streaming_dataflow({str(cache)!r}, decode=False), num_proc=2)
+        decoder.reset_state()
+        next(iter(decoder))
+        print("PIDS", *df.pids, *[p.pid for p in zmq_runner._procs], *[p.pid for p in decoder.ds._procs], flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL
     line = [l for l in proc.stdout.splitlines() if l.startswith("PIDS ")][0]
     pids = [int(p) for p in line.split()[1:]]
-    assert len(pids) == 4
+    assert len(pids) == 6
     deadline = time.monotonic() + 20
     while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)  # the killed parent's workers exit asynchronously

@@ -86,7 +86,6 @@ class TrainingMapper:
         self.max_size = int(cfg.PREPROC.MAX_SIZE)
         self.train_ids = tuple(categories.ids_for(cfg.DATA.CATEGORIES))
         self.params = RPNTargetParams.from_cfg(cfg)
-        self._creator_pid = os.getpid()
         self._reset()
 
     def _reset(self):
@@ -105,10 +104,6 @@ class TrainingMapper:
     def _ensure_process_state(self):
         pid = os.getpid()
         if self._pid != pid:
-            if pid != self._creator_pid:  # a map worker: never outlive the training process
-                from ddcache.dataflow import die_with_parent
-
-                die_with_parent(self._creator_pid)
             self._rng = np.random.RandomState([self.seed & 0xFFFFFFFF, pid])
             self._pid = pid
         if self._grids is None:
