@@ -72,7 +72,10 @@ class WarmupStepLR(HyperParamSetter):
         return float(self._lr_fn(self.global_step))
 
     def _trigger_step(self):
-        self.trigger()
+        # The rate changes only during warm-up and at LR_SCHEDULE steps; loading the
+        # variable costs a session call, so skip the steps where it stays the same.
+        if float(self._lr_fn(self.global_step)) != self._last_value:
+            self.trigger()
 
     def _trigger_epoch(self):
         pass  # step-based only

@@ -158,10 +158,7 @@ class FineTuneInit(SessionInit):
     def _run_init(self, sess):
         from tensorpack.utils import logger
 
-        values = read_weights(self.path)
-        assignments, self.report = match_weights(values, graph_variable_shapes(sess.graph), self.strip_training)
-        with sess.graph.as_default():
-            assign_to_session(sess, assignments)
+        self.report = load_weights(sess, self.path, self.strip_training)
         echo = self.echo or logger.info
         echo(f"weights {self.path}: " + "\n".join(self.report.lines()))
         for name, (have, want) in sorted(self.report.skipped.items()):
