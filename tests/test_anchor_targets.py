@@ -4,9 +4,9 @@ import types
 import numpy as np
 
 import trainer  # noqa: F401
-from trainer.anchor_targets import AnchorGrids, RPNTargetParams, label_anchors, rpn_targets
+from trainer.anchor_targets import AnchorGrids, RPNTargetParams, rpn_targets
 from trainer.anchors import feature_shape, level_anchors
-from trainer.matcher import grid_valid_mask, iou_matrix, match_grid
+from trainer.matcher import grid_valid_mask, iou_matrix, labels_from_match, match_naive
 
 NS = types.SimpleNamespace
 
@@ -79,7 +79,7 @@ def test_every_gt_overlapped_by_an_anchor_gets_a_fg_anchor():
     overlapped = ious.max(axis=0) > 0
     assert (ious.max(axis=0)[overlapped] < 0.3).any()  # the rule is actually exercised
     # before subsampling
-    labels = label_anchors(match_grid(levels, gt, (h, w)), 0.7, 0.3)
+    labels = labels_from_match(match_naive(flat, gt, valid), 0.7, 0.3)
     for g in np.flatnonzero(overlapped):
         assert (labels[valid][ious[:, g] == ious[:, g].max()] == 1).all()
     # after subsampling: 33 gts stay below the fg budget, nothing is dropped
@@ -96,7 +96,7 @@ def test_thresholds():
     gt = _cells(rng, 15, h, w)
     labels, _ = _flat(rpn_targets((h, w), gt, grids, rng))
     levels = grids.levels(h, w)
-    m = match_grid(levels, gt, (h, w))
+    m = match_naive(np.concatenate([g.reshape(-1, 4) for g in levels]), gt, grid_valid_mask(levels, (h, w)))
     valid = m.max_iou >= 0
     assert (labels[valid & (m.max_iou >= 0.7)] == 1).all()
     assert (labels[valid & (m.max_iou < 0.3) & ~m.is_gt_best] == 0).all()

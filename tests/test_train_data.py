@@ -157,7 +157,9 @@ def test_compact_form_expands_to_the_same_datapoint():
     s = _sample(6, cells=20)
     full = mapper.map(s, np.random.RandomState(4))
     compact = mapper.map_compact(s, np.random.RandomState(4))
-    assert compact[0].dtype == np.uint8 and compact[1].dtype == np.int8
+    # uint8 image and only the kept anchors' indices: ~BATCH_PER_IM of them, not one entry per anchor
+    assert compact[0].dtype == np.uint8 and compact[1].dtype == compact[3].dtype == np.int32
+    assert 0 < len(compact[1]) + len(compact[3]) <= 512
     expanded = expand_compact(pickle.loads(pickle.dumps(compact)))
     assert len(expanded) == len(full)
     for a, b in zip(expanded, full):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trainer.anchors import feature_shape, level_anchors
-from trainer.matcher import match_grid
+from trainer.matcher import anchors_at, best_gt, label_grid
 
 
 @dataclass(frozen=True)
@@ -69,10 +69,13 @@ class AnchorGrids:
     A cell's anchors do not depend on the grid size (``trainer.anchors``), so
     slicing gives exactly ``level_anchors(stride, size, ratios, fh, fw)``
     without recomputing ~300K anchors for every randomly resized image.
+    With ``max_side`` (the training ``PREPROC.MAX_SIZE``), the first call
+    computes grids for a ``max_side`` square, so no later image regrows them.
     """
 
-    def __init__(self, params):
+    def __init__(self, params, max_side=None):
         self.params = params
+        self.max_side = max_side
         self._grids = [None] * len(params.strides)
 
     def shapes(self, image_h, image_w):
@@ -82,24 +85,16 @@ class AnchorGrids:
     def levels(self, image_h, image_w):
         """List of float32 ``[fh, fw, A, 4]`` anchor grids (views; do not modify)."""
         out = []
-        for k, ((fh, fw), stride, size) in enumerate(zip(self.shapes(image_h, image_w), self.params.strides, self.params.sizes)):
+        shapes = self.shapes(image_h, image_w)
+        largest = self.shapes(self.max_side, self.max_side) if self.max_side else shapes
+        for k, ((fh, fw), (lh, lw), stride, size) in enumerate(zip(shapes, largest, self.params.strides, self.params.sizes)):
             grid = self._grids[k]
             if grid is None or grid.shape[0] < fh or grid.shape[1] < fw:
-                gh = max(fh, 0 if grid is None else grid.shape[0])
-                gw = max(fw, 0 if grid is None else grid.shape[1])
+                gh = max(fh, lh, 0 if grid is None else grid.shape[0])
+                gw = max(fw, lw, 0 if grid is None else grid.shape[1])
                 grid = self._grids[k] = level_anchors(stride, size, self.params.ratios, gh, gw)
             out.append(grid[:fh, :fw])
         return out
-
-
-def label_anchors(match, positive_thresh, negative_thresh):
-    """Labels before subsampling, int32 ``[N]`` (1 fg, 0 bg, -1 ignore) from a ``trainer.matcher.Match``."""
-    labels = np.full(len(match.max_iou), -1, dtype=np.int32)
-    valid = match.max_iou >= 0  # matchers mark excluded anchors with -1
-    labels[valid & (match.max_iou >= positive_thresh)] = 1
-    labels[valid & (match.max_iou < negative_thresh)] = 0
-    labels[match.is_gt_best] = 1
-    return labels
 
 
 def _random_subset(n, k, rng):
@@ -117,25 +112,40 @@ def _random_subset(n, k, rng):
     return rng.permutation(n)[:k]
 
 
-def _disable_excess(labels, value, keep, rng):
-    """Set all but ``keep`` randomly chosen entries equal to ``value`` to -1; return the kept indices (sorted)."""
-    inds = np.flatnonzero(labels == value)
+def _choose(inds, keep, rng):
+    """At most ``keep`` of the sorted indices ``inds``, chosen at random; sorted."""
     if len(inds) <= keep:
         return inds
-    kept = np.sort(inds[_random_subset(len(inds), keep, rng)])
-    labels[inds] = -1
-    labels[kept] = value
-    return kept
+    return np.sort(inds[_random_subset(len(inds), keep, rng)])
 
 
-def subsample_labels(labels, batch_per_im, fg_ratio, rng):
-    """In place: at most ``int(batch_per_im * fg_ratio)`` fg, then at most ``batch_per_im - #fg`` bg.
+def _sample_bg(grid_labels, keep, rng):
+    """At most ``keep`` bg anchors of :class:`trainer.matcher.GridLabels`, uniformly at random; sorted flat indices.
 
-    Returns the indices of the remaining fg anchors.
+    With bg plentiful (the usual ~100K of them for 256 slots) valid anchors
+    are drawn by rank with replacement, non-bg and repeated ones dropped,
+    until ``keep`` remain: sequential sampling without replacement from the bg
+    set, in O(keep) and without an array over all anchors.
     """
-    fg = _disable_excess(labels, 1, int(batch_per_im * fg_ratio), rng)
-    _disable_excess(labels, 0, batch_per_im - len(fg), rng)
-    return fg
+    gl = grid_labels
+    if keep <= 0 or gl.num_bg == 0:
+        return np.zeros(0, np.int64)
+    if gl.num_bg < 4 * keep or 2 * gl.num_bg < gl.num_valid:
+        return _choose(gl.bg(), keep, rng)
+    out = np.zeros(0, np.int64)
+    while len(out) < keep:
+        drawn = gl.valid_at(rng.randint(0, gl.num_valid, size=2 * keep))
+        out = np.concatenate([out, drawn[gl.is_bg(drawn)]])
+        _, first = np.unique(out, return_index=True)
+        out = out[np.sort(first)]
+    return np.sort(out[:keep])
+
+
+def subsample(grid_labels, batch_per_im, fg_ratio, rng):
+    """(fg, bg) sorted flat indices kept: at most ``int(batch_per_im * fg_ratio)`` fg, then at most
+    ``batch_per_im - #fg`` bg, each a uniformly random subset (tensorpack's rule); all others are ignored."""
+    fg = _choose(grid_labels.fg, int(batch_per_im * fg_ratio), rng)
+    return fg, _sample_bg(grid_labels, batch_per_im - len(fg), rng)
 
 
 def sparse_rpn_targets(image_hw, gt_boxes, grids, rng, timings=None):
@@ -148,38 +158,41 @@ def sparse_rpn_targets(image_hw, gt_boxes, grids, rng, timings=None):
         rng: ``np.random.RandomState`` for subsampling.
         timings: optional dict; seconds are added under ``"matching"`` and ``"sampling"``.
     Returns:
-        (labels int32 ``[N]`` over the concatenated levels, fg indices int64
-        ``[F]``, their gt boxes float32 ``[F, 4]``, level shapes [(fh, fw, A)]).
+        (fg indices int64 ``[F]`` over the concatenated levels, their gt boxes
+        float32 ``[F, 4]``, bg indices int64 ``[B]``, level shapes [(fh, fw, A)]);
+        every other anchor is ignored.
     """
     p = grids.params
     h, w = int(image_hw[0]), int(image_hw[1])
     t0 = time.perf_counter()
+    gt_boxes = np.asarray(gt_boxes, dtype=np.float32).reshape(-1, 4)
     levels = grids.levels(h, w)
-    match = match_grid(levels, gt_boxes, (h, w))
+    grid_labels = label_grid(levels, p.strides, gt_boxes, (h, w), p.positive_thresh, p.negative_thresh)
     t1 = time.perf_counter()
-    labels = label_anchors(match, p.positive_thresh, p.negative_thresh)
-    fg = subsample_labels(labels, p.batch_per_im, p.fg_ratio, rng)
-    fg_boxes = np.asarray(gt_boxes, dtype=np.float32).reshape(-1, 4)[match.argmax[fg]]
+    fg, bg = subsample(grid_labels, p.batch_per_im, p.fg_ratio, rng)
+    # Only the kept fg anchors need their gt: an exact argmax over all gts for a few hundred anchors.
+    fg_boxes = gt_boxes[best_gt(anchors_at(levels, fg), gt_boxes)] if len(fg) else np.zeros((0, 4), np.float32)
     if timings is not None:
         timings["matching"] = timings.get("matching", 0.0) + (t1 - t0)
         timings["sampling"] = timings.get("sampling", 0.0) + (time.perf_counter() - t1)
-    return labels, fg, fg_boxes, [lvl.shape[:3] for lvl in levels]
+    return fg, fg_boxes, bg, [lvl.shape[:3] for lvl in levels]
 
 
-def dense_level_targets(labels, fg, fg_boxes, shapes):
-    """Split flat targets back per level: list of (labels int32 ``[fh, fw, A]``, boxes float32 ``[fh, fw, A, 4]``).
-
-    ``boxes`` holds ``fg_boxes`` at the ``fg`` anchors and zeros elsewhere.
-    """
-    labels = np.asarray(labels).astype(np.int32, copy=False)
-    boxes = np.zeros((len(labels), 4), dtype=np.float32)
+def dense_level_targets(fg, fg_boxes, bg, shapes):
+    """Per level (labels int32 ``[fh, fw, A]``: 1 at ``fg``, 0 at ``bg``, -1 elsewhere;
+    boxes float32 ``[fh, fw, A, 4]``: ``fg_boxes`` at ``fg``, zeros elsewhere)."""
+    n = int(sum(fh * fw * na for fh, fw, na in shapes))
+    labels = np.full(n, -1, dtype=np.int32)
+    labels[bg] = 0
+    labels[fg] = 1
+    boxes = np.zeros((n, 4), dtype=np.float32)
     if len(fg):
         boxes[fg] = fg_boxes
     out, offset = [], 0
     for fh, fw, na in shapes:
-        n = fh * fw * na
-        out.append((labels[offset:offset + n].reshape(fh, fw, na), boxes[offset:offset + n].reshape(fh, fw, na, 4)))
-        offset += n
+        size = fh * fw * na
+        out.append((labels[offset:offset + size].reshape(fh, fw, na), boxes[offset:offset + size].reshape(fh, fw, na, 4)))
+        offset += size
     return out
 
 
@@ -189,9 +202,9 @@ def rpn_targets(image_hw, gt_boxes, grids, rng, timings=None):
     Returns:
         list over levels 2..6 of (labels int32 ``[fh, fw, A]``, boxes float32 ``[fh, fw, A, 4]``).
     """
-    labels, fg, fg_boxes, shapes = sparse_rpn_targets(image_hw, gt_boxes, grids, rng, timings)
+    fg, fg_boxes, bg, shapes = sparse_rpn_targets(image_hw, gt_boxes, grids, rng, timings)
     t1 = time.perf_counter()
-    out = dense_level_targets(labels, fg, fg_boxes, shapes)
+    out = dense_level_targets(fg, fg_boxes, bg, shapes)
     if timings is not None:
         timings["sampling"] = timings.get("sampling", 0.0) + (time.perf_counter() - t1)
     return out

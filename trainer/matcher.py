@@ -1,6 +1,6 @@
-"""Anchor ↔ ground-truth matching by IoU: the naive matrix and an exact grid-window matcher.
+"""Anchor <-> ground-truth matching by IoU for RPN labels: the naive matrix (reference) and an exact grid labeller.
 
-Both matchers produce the same :class:`Match`, bit for bit:
+The reference, :func:`match_naive`, returns a :class:`Match`:
 
 - ``max_iou``  float32 ``[N]``: per anchor, its best IoU over the gt boxes
   (0 when there are no gts; ``-1`` for anchors excluded by ``valid``);
@@ -12,18 +12,20 @@ Both matchers produce the same :class:`Match`, bit for bit:
   gt whose best IoU is > 0 (ties included). Gts overlapping no valid anchor
   select nothing (otherwise every anchor would "tie" at IoU 0).
 
+and :func:`labels_from_match` turns it into RPN labels (the rules' one definition).
+
 Boxes are xyxy in image pixels (any consistent unit). A gt box with zero or
 negative width/height has IoU 0 with everything; its area counts as 0.
 
-Why a second matcher: a 1408x1000 table crop has ~300K anchors over P2-P6 and
+Why a second way: a 1408x1000 table crop has ~300K anchors over P2-P6 and
 hundreds of cell boxes, so the full ``[N, M]`` IoU matrix costs ~10^8 pairs per
-image. Anchors of one FPN level and one ratio sit on a regular grid with a
-fixed size, and the intersection width of a box with an anchor depends only
-on the anchor's column (height only on its row): each gt overlaps a contiguous
-window of columns times a contiguous window of rows, found by binary search.
-:func:`match_grid` computes IoUs only inside these windows (vectorised over all
-gts at once), with the same float32 expression as :func:`iou_matrix`, so the
-results are identical, not approximately equal.
+image. Training needs labels, not the matrix: :func:`label_grid` uses the
+regular grid of each (level, ratio) and a per-gt IoU threshold below which a
+pair cannot change a label, so it evaluates only a small window of anchors per
+gt (see its docstring). Its labels (:class:`GridLabels`) equal
+``labels_from_match(match_naive(...))`` exactly: inside the windows it uses the
+same float32 expression as :func:`iou_matrix`. The gt of each kept fg anchor is
+then an exact argmax over all gts for those few anchors (:func:`best_gt`).
 """
 from collections import namedtuple
 
@@ -103,42 +105,6 @@ def match_naive(anchors, gt_boxes, valid=None):
     return Match(max_iou, argmax, gt_best, is_gt_best)
 
 
-def _grid_axis(lvl, axis, a):
-    """1-D anchor coordinates of ratio ``a`` along one axis of a level grid ``[fh, fw, A, 4]``.
-
-    Returns (lo, hi) float32 arrays: x1/x2 per column (axis=1) or y1/y2 per row
-    (axis=0). Taken from the anchor array itself so values equal the flat ones.
-    """
-    if axis == 1:
-        return lvl[0, :, a, 0], lvl[0, :, a, 2]
-    return lvl[:, 0, a, 1], lvl[:, 0, a, 3]
-
-
-def _windows(lo, hi, g_lo, g_hi, v_lo, v_hi):
-    """Per gt, the half-open index window [start, stop) of grid positions with positive overlap.
-
-    Overlap along an axis is positive iff ``hi > g_lo`` and ``lo < g_hi`` (float
-    subtraction keeps the sign of the comparison); ``lo``/``hi`` are
-    non-decreasing along the grid. The window is clipped to the valid range
-    [v_lo, v_hi).
-    """
-    start = np.searchsorted(hi, g_lo, side="right")
-    stop = np.searchsorted(lo, g_hi, side="left")
-    start = np.maximum(start, v_lo)
-    stop = np.minimum(stop, v_hi)
-    return start, np.maximum(stop, start)
-
-
-def _valid_range(lo, hi, limit):
-    """[first, stop) of grid positions whose anchor lies within [0, limit] on this axis (a contiguous range)."""
-    ok = np.flatnonzero((lo >= 0) & (hi <= limit))
-    if len(ok) == 0:
-        return 0, 0
-    # Monotone coordinates make the inside positions contiguous; checked, not assumed.
-    assert ok[-1] - ok[0] + 1 == len(ok)
-    return int(ok[0]), int(ok[-1]) + 1
-
-
 def grid_valid_mask(level_grids, image_hw=None):
     """bool ``[N]`` over the concatenated levels: anchors fully inside ``image_hw`` (all True if None)."""
     flat = np.concatenate([lvl.reshape(-1, 4) for lvl in level_grids], axis=0)
@@ -147,95 +113,245 @@ def grid_valid_mask(level_grids, image_hw=None):
     return inside_mask(flat, image_hw[0], image_hw[1])
 
 
-def match_grid(level_grids, gt_boxes, image_hw=None):
-    """Exact fast matcher for grid-structured anchors.
+def labels_from_match(match, positive_thresh, negative_thresh):
+    """RPN labels int32 ``[N]`` (1 fg, 0 bg, -1 ignore) of a :class:`Match`: the reference definition.
+
+    fg when max IoU >= ``positive_thresh``; bg when max IoU < ``negative_thresh``;
+    then every anchor attaining a gt's best IoU is fg (``is_gt_best``, applied
+    last); excluded anchors (max IoU -1) and all others are ignored.
+    """
+    labels = np.full(len(match.max_iou), -1, dtype=np.int32)
+    valid = match.max_iou >= 0
+    labels[valid & (match.max_iou >= positive_thresh)] = 1
+    labels[valid & (match.max_iou < negative_thresh)] = 0
+    labels[match.is_gt_best] = 1
+    return labels
+
+
+class _Axes:
+    """The level grids as K = levels x ratios regular 1-D axes, concatenated for vectorised lookups.
+
+    Grid k has columns j with x1 = ``X1[ox[k] + j]`` (x2 likewise) and rows i
+    with y1 = ``Y1[oy[k] + i]``; its anchor (i, j) has the flat index
+    ``base[k] + (i * fw[k] + j) * na[k]``. Coordinates come from the anchor
+    arrays, so IoUs computed from them equal those of the flat anchors bit for
+    bit. ``x0/y0/aw/ah/stride`` (first position, nominal size) only bound
+    search windows, with margins.
+    """
+
+    def __init__(self, level_grids, strides, image_hw):
+        x1, x2, y1, y2, rows = [], [], [], [], []
+        offset = 0
+        for lvl, stride in zip(level_grids, strides):
+            fh, fw, na = lvl.shape[:3]
+            for a in range(na):
+                x1.append(lvl[0, :, a, 0])
+                x2.append(lvl[0, :, a, 2])
+                y1.append(lvl[:, 0, a, 1])
+                y2.append(lvl[:, 0, a, 3])
+                rows.append((fh, fw, na, a, offset, stride))
+            offset += fh * fw * na
+        self.n = offset
+        self.X1, self.X2 = np.concatenate(x1), np.concatenate(x2)
+        self.Y1, self.Y2 = np.concatenate(y1), np.concatenate(y2)
+        info = np.asarray(rows, dtype=np.int64).reshape(-1, 6)
+        self.fh, self.fw, self.na, self.ratio, self.level_offset = (info[:, c] for c in range(5))
+        self.base = self.level_offset + self.ratio
+        self.stride = info[:, 5].astype(np.float64)
+        self.ox = np.cumsum(self.fw) - self.fw
+        self.oy = np.cumsum(self.fh) - self.fh
+        self.x0, self.y0 = self.X1[self.ox].astype(np.float64), self.Y1[self.oy].astype(np.float64)
+        self.aw = self.X2[self.ox].astype(np.float64) - self.x0
+        self.ah = self.Y2[self.oy].astype(np.float64) - self.y0
+        # Fully inside columns / rows form one range per grid (x1 >= 0 is a suffix, x2 <= W a prefix).
+        self.vx0, self.vx1 = self._inside_range(self.X1, self.X2, self.ox, self.fw, None if image_hw is None else image_hw[1])
+        self.vy0, self.vy1 = self._inside_range(self.Y1, self.Y2, self.oy, self.fh, None if image_hw is None else image_hw[0])
+        self.has_valid = (self.vx1 > self.vx0) & (self.vy1 > self.vy0)
+
+    @staticmethod
+    def _inside_range(lo, hi, starts, counts, limit):
+        """Per grid [first, stop) of positions with ``lo >= 0`` and ``hi <= limit`` (all when limit is None)."""
+        if limit is None:
+            return np.zeros(len(starts), np.int64), counts.copy()
+        pos = np.arange(len(lo)) - np.repeat(starts, counts)
+        inside = (lo >= 0) & (hi <= limit)
+        first = np.minimum.reduceat(np.where(inside, pos, np.iinfo(np.int64).max), starts)
+        stop = np.maximum.reduceat(np.where(inside, pos + 1, 0), starts)
+        first = np.minimum(first, counts)
+        return first, np.maximum(stop, first)
+
+    def valid_at(self, ranks):
+        """Flat indices of the valid anchors with these ranks (grid by grid, each rectangle row-major)."""
+        cols = self.vx1 - self.vx0
+        sizes = (self.vy1 - self.vy0) * cols
+        ends = np.cumsum(sizes)
+        k = np.searchsorted(ends, ranks, side="right")
+        di, dj = np.divmod(ranks - (ends - sizes)[k], cols[k])
+        return self.base[k] + ((self.vy0[k] + di) * self.fw[k] + self.vx0[k] + dj) * self.na[k]
+
+    def iou(self, k, i, j, g, g_area):
+        """Exact IoUs of the anchors (grid ``k``, row ``i``, column ``j``) with gt boxes ``g`` (broadcasting)."""
+        ax1, ax2 = self.X1[self.ox[k] + j], self.X2[self.ox[k] + j]
+        ay1, ay2 = self.Y1[self.oy[k] + i], self.Y2[self.oy[k] + i]
+        return _iou(ax1, ay1, ax2, ay2, (ax2 - ax1) * (ay2 - ay1), g[..., 0], g[..., 1], g[..., 2], g[..., 3], g_area)
+
+    def window(self, lo_edge, hi_edge, need, axis):
+        """[start, stop) ``[K, M]`` of positions whose 1-D overlap with [lo_edge, hi_edge] (``[M]``) may reach ``need``.
+
+        Overlap >= need requires x2 >= lo_edge + need and x1 <= hi_edge - need,
+        with x1 = first + position * stride. One extra position on each side
+        absorbs float rounding: a superset is harmless, IoUs are computed exactly.
+        """
+        first, size, v0, v1 = (self.x0, self.aw, self.vx0, self.vx1) if axis == 1 else (self.y0, self.ah, self.vy0, self.vy1)
+        first, size, stride = first[:, None], size[:, None], self.stride[:, None]
+        start = np.floor((lo_edge[None, :] + need - size - first) / stride) - 1
+        stop = np.floor((hi_edge[None, :] - need - first) / stride) + 2
+        start = np.clip(start, v0[:, None], v1[:, None]).astype(np.int64)
+        stop = np.clip(stop, v0[:, None], v1[:, None]).astype(np.int64)
+        return start, np.maximum(stop, start)
+
+
+def label_grid(level_grids, strides, gt_boxes, image_hw, positive_thresh, negative_thresh):
+    """RPN labels of grid-structured anchors as :class:`GridLabels`, whose ``dense()`` is identical to
+    ``labels_from_match(match_naive(flat, gt_boxes, inside), positive_thresh, negative_thresh)``.
 
     Args:
-        level_grids: list of float32 ``[fh, fw, A, 4]`` arrays as produced by
-            ``trainer.anchors.level_anchors`` (x depends only on the column, y
-            only on the row, coordinates non-decreasing along the grid). The
-            flat anchor order is the concatenation of ``lvl.reshape(-1, 4)``.
+        level_grids: float32 ``[fh, fw, A, 4]`` per level (``trainer.anchors.level_anchors``:
+            anchors of column j / row i at ``first + j * stride`` / ``first + i * stride``).
+        strides: pixel stride per level.
         gt_boxes: float32 ``[M, 4]`` xyxy.
-        image_hw: optional (height, width) in pixels; when given, only anchors
-            fully inside ``[0, w] x [0, h]`` are valid (others get -1), exactly
-            like ``match_naive(..., valid=inside_mask(...))``.
-    Returns:
-        :class:`Match`, identical to :func:`match_naive` on the flat anchors.
+        image_hw: (height, width); only anchors fully inside take part (None: all).
+        positive_thresh, negative_thresh: IoU thresholds, ``negative_thresh <= positive_thresh``.
+
+    Why it is fast and still exact: labels only ask whether an anchor's max
+    IoU reaches ``negative_thresh`` / ``positive_thresh`` and which anchors
+    attain a gt's best IoU. A cheap lower bound ``b`` of each gt's best IoU
+    (the anchor nearest its centre, per grid) gives a per-gt threshold
+    ``t = min(negative_thresh, b)``; only pairs with IoU >= t can matter, and
+    IoU >= t needs an intersection of at least ``t / (1 + t) * (anchor area +
+    gt area)``, hence a minimum overlap along each axis and a small window of
+    columns x rows per (grid, gt) -- usually a few anchors instead of every
+    overlapping one. IoUs inside the windows use the same float32 expression
+    as :func:`iou_matrix`, so thresholds and ties decide exactly as there.
     """
     g = np.asarray(gt_boxes, dtype=np.float32).reshape(-1, 4)
-    m = len(g)
-    sizes = [lvl.shape[0] * lvl.shape[1] * lvl.shape[2] for lvl in level_grids]
-    n = int(sum(sizes))
-    max_iou = np.full(n, -1, dtype=np.float32)
-    argmax = np.full(n, -1, dtype=np.int64)
-    gt_best = np.zeros(m, dtype=np.float32)
-    is_gt_best = np.zeros(n, dtype=bool)
-
+    axes = _Axes(level_grids, strides, image_hw)
+    none = np.zeros(0, np.int64)
+    live = (g[:, 2] > g[:, 0]) & (g[:, 3] > g[:, 1])  # degenerate gts have IoU 0 with everything
+    g = g[live]
+    m, k = len(g), len(axes.fh)
+    if m == 0 or not axes.has_valid.any():
+        return GridLabels(axes, none, none, negative_thresh > 0)
     g_area = box_area(g)
-    # Degenerate gts overlap nothing (IoU 0 everywhere); leaving them out keeps every
-    # in-window pair strictly positive.
-    live = np.flatnonzero((g[:, 2] > g[:, 0]) & (g[:, 3] > g[:, 1])) if m else np.zeros(0, np.int64)
-    gl = g[live]
+    gx1, gy1, gx2, gy2 = (g[:, c].astype(np.float64) for c in range(4))
+    gw, gh = gx2 - gx1, gy2 - gy1
 
-    pair_anchor, pair_gt, pair_iou = [], [], []
+    # 1. A lower bound of each gt's best IoU: the valid anchor nearest its centre, in every grid.
+    def nearest(centre, first, size, v0, v1, count):
+        pos = np.rint((centre[None, :] - first[:, None] - size[:, None] / 2) / axes.stride[:, None])
+        pos = np.clip(pos, v0[:, None], np.maximum(v1 - 1, v0)[:, None])
+        return np.minimum(pos, (count - 1)[:, None]).astype(np.int64)  # in range even for grids with no valid anchor
+
+    jnear = nearest((gx1 + gx2) / 2, axes.x0, axes.aw, axes.vx0, axes.vx1, axes.fw)
+    inear = nearest((gy1 + gy2) / 2, axes.y0, axes.ah, axes.vy0, axes.vy1, axes.fh)
+    near = axes.iou(np.arange(k)[:, None], inear, jnear, g[None], g_area[None])
+    lower = np.where(axes.has_valid[:, None], near, 0).max(axis=0).astype(np.float64)
+    t = np.minimum(float(negative_thresh), lower)[None, :]
+
+    # 2. Per (grid, gt): the window of anchors that may reach IoU t (a superset, see window()).
+    # IoU >= t needs intersection >= t / (1 + t) * (anchor area + gt area); the intersection's
+    # height is at most min(anchor, gt) height, so its width must be at least need / that (and vice versa).
+    need = t / (1 + t) * ((axes.aw * axes.ah)[:, None] + (gw * gh)[None, :]) * (1 - 1e-3)
+    min_w, min_h = np.minimum(axes.aw[:, None], gw[None, :]), np.minimum(axes.ah[:, None], gh[None, :])
+    need_w, need_h = need / min_h, need / min_w
+    possible = (need_w <= min_w * (1 + 1e-3) + 1e-3) & (need_h <= min_h * (1 + 1e-3) + 1e-3)
+    c0, c1 = axes.window(gx1, gx2, need_w, axis=1)
+    r0, r1 = axes.window(gy1, gy2, need_h, axis=0)
+    counts = np.where(possible, (c1 - c0) * (r1 - r0), 0).ravel()
+    total = int(counts.sum())
+    if total == 0:
+        return GridLabels(axes, none, none, negative_thresh > 0)
+
+    # 3. Every (anchor, gt) pair of the windows: pair q of window w is (row r0 + q // ncols, col c0 + q % ncols).
+    w = np.repeat(np.arange(k * m), counts)
+    q = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    di, dj = np.divmod(q, (c1 - c0).ravel()[w])
+    i, j = r0.ravel()[w] + di, c0.ravel()[w] + dj
+    kw, gi = np.divmod(w, m)
+    ious = axes.iou(kw, i, j, g[gi], g_area[gi])
+    pos = ious > 0
+    anchor = (axes.base[kw] + (i * axes.fw[kw] + j) * axes.na[kw])[pos]
+    gi, ious = gi[pos], ious[pos]
+
+    # 4. The rules (labels_from_match): any pair >= negative makes the anchor not-bg,
+    #    any pair >= positive makes it fg, and each gt's best anchors are fg.
+    best = np.zeros(m, dtype=np.float32)
+    np.maximum.at(best, gi, ious)
+    fg = np.unique(np.concatenate([anchor[ious >= positive_thresh], anchor[ious == best[gi]]]))
+    not_bg = np.union1d(anchor[ious >= negative_thresh], fg)
+    return GridLabels(axes, fg, not_bg, negative_thresh > 0)
+
+
+class GridLabels:
+    """RPN labels of grid anchors in sparse form (what :func:`label_grid` returns).
+
+    ``fg``: sorted flat indices of the fg anchors; ``not_bg``: sorted flat
+    indices of the valid anchors that are not bg (fg or ignored). Every other
+    valid anchor is bg, every invalid one ignored. No ``[N]`` array is needed
+    until :meth:`dense`: sampling draws bg anchors by rank (:meth:`valid_at`).
+    """
+
+    def __init__(self, axes, fg, not_bg, bg_possible):
+        self._axes = axes
+        self.fg = fg
+        self.not_bg = not_bg
+        self.n = axes.n
+        self.num_valid = int(((axes.vx1 - axes.vx0) * (axes.vy1 - axes.vy0)).sum())
+        # negative_thresh <= 0: no IoU is below it, so nothing is bg.
+        self.num_bg = self.num_valid - len(not_bg) if bg_possible else 0
+
+    def valid_at(self, ranks):
+        """Flat indices of the valid anchors of ranks ``ranks`` in [0, num_valid)."""
+        return self._axes.valid_at(np.asarray(ranks, dtype=np.int64))
+
+    def is_bg(self, flat_index):
+        """bool per flat index of a *valid* anchor: it is bg."""
+        if self.num_bg == 0:
+            return np.zeros(len(flat_index), dtype=bool)
+        pos = np.searchsorted(self.not_bg, flat_index)
+        hit = pos < len(self.not_bg)
+        hit[hit] = self.not_bg[pos[hit]] == flat_index[hit]
+        return ~hit
+
+    def bg(self):
+        """Sorted flat indices of all bg anchors (materialises every valid anchor: for small images and tests)."""
+        if self.num_bg == 0:
+            return np.zeros(0, np.int64)
+        return np.setdiff1d(self.valid_at(np.arange(self.num_valid)), self.not_bg)
+
+    def dense(self):
+        """int32 ``[N]``: 1 fg, 0 bg, -1 ignore (equals :func:`labels_from_match` of the naive match)."""
+        labels = np.full(self.n, -1, dtype=np.int32)
+        labels[self.bg()] = 0
+        labels[self.fg] = 1
+        return labels
+
+
+def anchors_at(level_grids, flat_index):
+    """float32 ``[F, 4]``: the anchors at these indices of the concatenated flat levels."""
+    flat_index = np.asarray(flat_index, dtype=np.int64).reshape(-1)
+    out = np.zeros((len(flat_index), 4), dtype=np.float32)
     offset = 0
-    for lvl, size in zip(level_grids, sizes):
+    for lvl in level_grids:
         fh, fw, na = lvl.shape[:3]
-        for a in range(na):
-            xlo, xhi = _grid_axis(lvl, 1, a)
-            ylo, yhi = _grid_axis(lvl, 0, a)
-            if image_hw is None:
-                (vx0, vx1), (vy0, vy1) = (0, fw), (0, fh)
-            else:
-                vx0, vx1 = _valid_range(xlo, xhi, image_hw[1])
-                vy0, vy1 = _valid_range(ylo, yhi, image_hw[0])
-            # Valid anchors of this (level, ratio) start at IoU 0 (argmax 0 if any gt);
-            # they form the rectangle [vy0, vy1) x [vx0, vx1) of the grid.
-            max_iou[offset:offset + size].reshape(fh, fw, na)[vy0:vy1, vx0:vx1, a] = 0
-            if m:
-                argmax[offset:offset + size].reshape(fh, fw, na)[vy0:vy1, vx0:vx1, a] = 0
-            if len(gl) == 0 or vx1 <= vx0 or vy1 <= vy0:
-                continue
-            c0, c1 = _windows(xlo, xhi, gl[:, 0], gl[:, 2], vx0, vx1)
-            r0, r1 = _windows(ylo, yhi, gl[:, 1], gl[:, 3], vy0, vy1)
-            nc, nr = c1 - c0, r1 - r0
-            counts = nc * nr
-            total = int(counts.sum())
-            if total == 0:
-                continue
-            # Ragged expansion: pair k of gt t is (row r0 + k // nc, col c0 + k % nc).
-            t = np.repeat(np.arange(len(gl)), counts)
-            starts = np.cumsum(counts) - counts
-            k = np.arange(total) - np.repeat(starts, counts)
-            dr, dc = np.divmod(k, nc[t])
-            r = r0[t] + dr
-            c = c0[t] + dc
-            ax1, ax2 = xlo[c], xhi[c]
-            ay1, ay2 = ylo[r], yhi[r]
-            # Same expression as iou_matrix: anchor area is (x2-x1)*(y2-y1) of this anchor.
-            a_area = (ax2 - ax1) * (ay2 - ay1)
-            gi = live[t]
-            ious = _iou(ax1, ay1, ax2, ay2, a_area, g[gi, 0], g[gi, 1], g[gi, 2], g[gi, 3], g_area[gi])
-            pair_anchor.append(offset + (r * fw + c) * na + a)
-            pair_gt.append(gi)
-            pair_iou.append(ious)
+        size = fh * fw * na
+        sel = np.flatnonzero((flat_index >= offset) & (flat_index < offset + size))
+        cell, a = np.divmod(flat_index[sel] - offset, na)
+        out[sel] = lvl[cell // fw, cell % fw, a]
         offset += size
+    return out
 
-    if not pair_iou:
-        return Match(max_iou, argmax, gt_best, is_gt_best)
-    pa = np.concatenate(pair_anchor)
-    pg = np.concatenate(pair_gt)
-    pi = np.concatenate(pair_iou)
-    # Only strictly positive IoUs can change a max or an argmax (ties at 0 go to gt 0).
-    pos = pi > 0
-    pa, pg, pi = pa[pos], pg[pos], pi[pos]
-    np.maximum.at(max_iou, pa, pi)
-    np.maximum.at(gt_best, pg, pi)
-    # Lowest gt index among the anchor's tied best ones, as np.argmax does.
-    at_max = pi == max_iou[pa]
-    best_a, best_g = pa[at_max], pg[at_max]
-    first = np.full(n, m, dtype=np.int64)
-    np.minimum.at(first, best_a, best_g)
-    argmax[best_a] = first[best_a]
-    is_gt_best[pa[pi == gt_best[pg]]] = True
-    return Match(max_iou, argmax, gt_best, is_gt_best)
+
+def best_gt(anchors, gt_boxes):
+    """int64 ``[F]``: per anchor the gt of highest IoU, the lowest index among ties (as :func:`match_naive`)."""
+    return iou_matrix(anchors, gt_boxes).argmax(axis=1).astype(np.int64)

@@ -101,17 +101,19 @@ class TrainingMapper:
             state[k] = None
         return state
 
-    def _ensure_process_state(self):
+    def setup(self):
+        """Create this process's state (RandomState from (seed, pid), anchor grids) unless it exists; idempotent."""
         pid = os.getpid()
         if self._pid != pid:
             self._rng = np.random.RandomState([self.seed & 0xFFFFFFFF, pid])
             self._pid = pid
         if self._grids is None:
-            self._grids = AnchorGrids(self.params)
+            self._grids = AnchorGrids(self.params, self.max_size)
+            self._grids.levels(self.max_size, self.max_size)  # build the anchors once, before the first sample
             self._lookup = _label_lookup(self.train_ids)
 
     def __call__(self, sample):
-        self._ensure_process_state()
+        self.setup()
         if self.compact:
             return self.map_compact(sample, self._rng)
         return self.map(sample, self._rng)
@@ -119,7 +121,7 @@ class TrainingMapper:
     def _prepare(self, sample, rng, timings):
         """Category filter, clip, random resize + flip: (image uint8, gt_boxes float32 [N, 4], gt_labels int64 [N]) or None."""
         if self._grids is None:
-            self._ensure_process_state()
+            self.setup()
         t0 = time.perf_counter()
         labels = self._lookup(sample["category_ids"])
         image = sample["image"]
@@ -165,21 +167,21 @@ class TrainingMapper:
         if prepared is None:
             return None
         image, boxes, labels = prepared
-        flat, fg, fg_boxes, shapes = sparse_rpn_targets(image.shape[:2], boxes, self._grids, rng)
-        return [image, flat.astype(np.int8), fg.astype(np.int32), fg_boxes, np.asarray(shapes, np.int64), boxes, labels]
+        fg, fg_boxes, bg, shapes = sparse_rpn_targets(image.shape[:2], boxes, self._grids, rng)
+        return [image, fg.astype(np.int32), fg_boxes, bg.astype(np.int32), np.asarray(shapes, np.int64), boxes, labels]
 
 
 def expand_compact(compact):
     """Compact mapper output -> datapoint list (module docstring).
 
-    The compact form (int8 flat labels, fg indices + boxes) is much smaller
-    than the dense per-level targets (mostly zero boxes: ~18 MB for a
+    The compact form (the kept fg and bg anchor indices, fg boxes) is much
+    smaller than the dense per-level targets (mostly zero boxes: ~18 MB for a
     1200x1400 image), so worker processes send that over ZMQ and the
     consumer expands it.
     """
-    image, flat, fg, fg_boxes, shapes, boxes, labels = compact
+    image, fg, fg_boxes, bg, shapes, boxes, labels = compact
     dp = [image]
-    for lvl_labels, lvl_boxes in dense_level_targets(flat, fg, fg_boxes, [tuple(s) for s in shapes]):
+    for lvl_labels, lvl_boxes in dense_level_targets(fg, fg_boxes, bg, [tuple(s) for s in shapes]):
         dp += [lvl_labels, lvl_boxes]
     return dp + [boxes, labels]
 
@@ -234,6 +236,7 @@ def profile_stages(samples, cfg, seed=0):
     stage sums in seconds, and counts of mapped / None samples.
     """
     mapper = TrainingMapper(cfg, seed)
+    mapper.setup()  # per-process state (anchor grids) is a one-off, not a per-sample cost
     rng = np.random.RandomState(seed)
     timings = {"resize_flip": 0.0, "matching": 0.0, "sampling": 0.0}
     n = skipped = 0
