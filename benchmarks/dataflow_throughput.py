@@ -128,7 +128,7 @@ def child_training(cache, config, workers):
     """Full training input (resize + flip + RPN anchor targets, `config`) vs read + decode alone, same samples.
 
     Single process first (per-sample cost, the fair ratio), then the real
-    pipeline with ``workers`` map processes.
+    pipeline with ``workers`` map processes (which decode as well, as in ``ddtrain``).
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
@@ -150,7 +150,9 @@ def child_training(cache, config, workers):
     t0 = time.perf_counter()
     mapped = sum(1 for s in df if mapper.map(s, rng, timings=timings) is not None)
     full_s = time.perf_counter() - t0
-    pipeline = build_train_dataflow(CacheDataFlow(cache, shuffle=True, seed=1), cfg, num_workers=workers, seed=0)
+    # As ddtrain feeds it: encoded records to the map workers, which decode, resize and label.
+    pipeline = build_train_dataflow(CacheDataFlow(cache, shuffle=True, seed=1, decode=False), cfg, num_workers=workers,
+                                    seed=0)
     pipeline.reset_state()
     stream = iter(pipeline)
     next(stream)  # start-up (forking, first fill) is not throughput

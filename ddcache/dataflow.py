@@ -133,13 +133,24 @@ def decode_sample(item):
     return SampleDecoder(*item["decode"])(item)
 
 
-def _decode_or_report(item):
-    # Map workers must not raise (tensorpack's consumer would wait forever for
-    # the dead worker's reply): turn the error into a value the consumer re-raises.
+def decode_or_report(item):
+    """:func:`decode_sample` for map workers: a corrupt record becomes ``{"__corrupt__": (key, reason)}``.
+
+    Map workers must not raise (tensorpack's consumer would wait forever for
+    the dead worker's reply): the error travels as a value the consumer
+    re-raises (:func:`raise_if_reported`).
+    """
     try:
         return decode_sample(item)
     except CorruptRecordError as exc:
         return {"__corrupt__": (exc.key, exc.reason)}
+
+
+def raise_if_reported(value):
+    """Consumer side of :func:`decode_or_report`: raise the reported ``CorruptRecordError``; else return ``value``."""
+    if isinstance(value, dict) and "__corrupt__" in value:
+        raise CorruptRecordError(*value["__corrupt__"])
+    return value
 
 
 class _RaiseOrCount:
@@ -151,12 +162,10 @@ class _RaiseOrCount:
 
     def __call__(self, sample):
         bad = sample.get("__corrupt__")
-        if bad is None:
-            return sample
-        if self.skip_corrupt:
+        if bad is not None and self.skip_corrupt:
             self.corrupt.append(bad[0])
             return None
-        raise CorruptRecordError(*bad)
+        return raise_if_reported(sample)
 
 
 class LosslessMapDataZMQ(MultiProcessMapDataZMQ):
@@ -203,7 +212,7 @@ def parallel_decode(df, num_proc, buffer_size=None, skip_corrupt=False, strict=T
 
     if buffer_size is None:
         buffer_size = max(4, 2 * num_proc)
-    mapped = LosslessMapDataZMQ(df, num_proc=num_proc, map_func=_decode_or_report, buffer_size=buffer_size,
+    mapped = LosslessMapDataZMQ(df, num_proc=num_proc, map_func=decode_or_report, buffer_size=buffer_size,
                                     strict=strict)
     counter = _RaiseOrCount(skip_corrupt)
     out = MapData(mapped, counter)

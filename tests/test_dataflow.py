@@ -1,7 +1,6 @@
 """Streaming DataFlows: exactly-once epochs over ranks x workers, determinism, fork safety, corrupt records,
 shard lists, read-time selection, and composition with tensorpack's multi-process runners."""
 import os
-import selectors
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import pytest
 
 import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS before tensorpack imports TensorFlow)
 from cache_factory import corrupt_record, default_cols, default_rows, make_cache
+from child_run import run_until_marker
 from ddcache import categories as C
 from ddcache.dataflow import (CacheDataFlow, EpochRunner, ShardedCacheDataFlow, WorkerDiedError, decode_sample,
                               parallel_decode, streaming_dataflow)
@@ -351,28 +351,8 @@ def test_parallel_decode_in_tensorpack_workers_raises_naming_the_key(corrupt_cac
     """
     path, key = corrupt_cache
     code = _PARALLEL_DECODE.format(tests=os.path.dirname(__file__), path=str(path), key=key)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    lines = []
-    try:
-        # Read until the child's verdict, not until EOF: an orphaned tensorpack map worker
-        # (if any) would keep the pipe open long after the child has finished.
-        selector = selectors.DefaultSelector()
-        selector.register(proc.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not any("PARALLEL-DECODE-OK" in l for l in lines):
-            if selector.select(timeout=1.0):
-                line = proc.stdout.readline()
-                if not line:
-                    break
-                lines.append(line)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the child and any map worker it left
-        except ProcessLookupError:
-            pass
-    out = err = "".join(lines)
-    assert "PARALLEL-DECODE-OK" in out, err[-2000:]
+    ok, out = run_until_marker(code, "PARALLEL-DECODE-OK")
+    assert ok, out[-2000:]
 
 
 def test_dead_worker_raises_instead_of_hanging(cache):

@@ -1,11 +1,15 @@
 """Sample dict -> datapoint mapping, category labels, and the multi-process training dataflow."""
 import itertools
+import os
 import pickle
 import types
 
 import numpy as np
+import pytest
 
 import trainer  # noqa: F401  (before tensorpack: sets TF_USE_LEGACY_KERAS)
+from cache_factory import corrupt_record, make_cache
+from child_run import run_until_marker
 from ddcache import categories
 from trainer.anchors import feature_shape
 from trainer.train_data import (TrainingMapper, build_train_dataflow, category_labels, datapoint_names, expand_compact,
@@ -164,3 +168,63 @@ def test_compact_form_expands_to_the_same_datapoint():
     assert len(expanded) == len(full)
     for a, b in zip(expanded, full):
         assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+
+
+_TRAIN_FROM_RAW = """
+import itertools, sys
+sys.path.insert(0, {tests!r})
+import trainer
+from ddcache.dataflow import streaming_dataflow
+from ddcache.errors import CorruptRecordError
+from test_train_data import _cfg, _check_datapoint
+from trainer.train_data import build_train_dataflow
+
+def pipeline(path):
+    source = streaming_dataflow(path, decode=False, check=False, shuffle=False, categories=["CELL"],
+                                with_provenance=False)
+    df = build_train_dataflow(source, _cfg(), num_workers=2, seed=0)
+    df.reset_state()
+    return df
+
+good = list(itertools.islice(pipeline({good!r}), 10))  # endless stream: take a bit more than one epoch
+for dp in good:
+    _check_datapoint(dp)
+assert len(good) == 10 and {{len(dp[-1]) for dp in good}} == {{12}}, [len(dp[-1]) for dp in good]
+try:
+    list(itertools.islice(pipeline({bad!r}), 40))
+    sys.exit("no error raised")
+except CorruptRecordError as exc:
+    assert exc.key == {key!r}, exc.key
+print("TRAIN-FROM-RAW-OK", flush=True)
+"""
+
+
+def test_map_workers_decode_raw_records_and_report_a_corrupt_one(tmp_path):
+    """ddtrain's pipeline: encoded records go to the map workers, which decode them; a record that
+    does not decode stops training with CorruptRecordError naming its key (not a dead worker and a hang)."""
+    good = make_cache(tmp_path / "good", 6, rows=lambda i: 3, cols=lambda i: 4)
+    bad = make_cache(tmp_path / "bad", 8, rows=lambda i: 3, cols=lambda i: 4)
+    key = corrupt_record(bad, 5)
+    code = _TRAIN_FROM_RAW.format(tests=os.path.dirname(__file__), good=str(good), bad=str(bad), key=key)
+    ok, out = run_until_marker(code, "TRAIN-FROM-RAW-OK", timeout=180)
+    assert ok, out[-2000:]
+
+
+def test_single_process_mapper_decodes_raw_items(tmp_path):
+    from ddcache.dataflow import CacheDataFlow
+    from ddcache.errors import CorruptRecordError
+
+    path = make_cache(tmp_path / "c", 3, rows=lambda i: 3, cols=lambda i: 4)
+    bad = make_cache(tmp_path / "bad", 3, rows=lambda i: 3, cols=lambda i: 4)
+    key = corrupt_record(bad, 1)
+    mapper = TrainingMapper(_cfg(), seed=0)
+    raw = CacheDataFlow(path, decode=False, categories=["CELL"], with_provenance=False)
+    raw.reset_state()
+    for item in raw:
+        _check_datapoint(mapper(item), n_gt=12)
+    unchecked = CacheDataFlow(bad, decode=False, check=False, categories=["CELL"])
+    unchecked.reset_state()
+    with pytest.raises(CorruptRecordError) as err:
+        for item in unchecked:
+            mapper(item)
+    assert err.value.key == key

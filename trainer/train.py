@@ -171,9 +171,9 @@ def _resuming_json_writer():
 def build_dataflow(cfg, train_paths, choice, workers, seed, start_step=0):
     """The training DataFlow: streaming reads of this process's share of the caches -> datapoints, endless.
 
-    Reading and decoding happen in the feeding thread (LMDB by key, one
-    record at a time; PNG/JPEG decoding releases the GIL); the expensive part,
-    resizing and RPN anchor targets, runs in ``workers`` processes. The data
+    Reading and checking happen in the feeding thread (LMDB by key, one
+    record at a time); decoding, resizing and RPN anchor targets run in
+    ``workers`` processes, which receive the small encoded record. The data
     order is a function of ``(seed, data epoch)``: a restart at ``start_step``
     continues with the data epoch that step was in instead of replaying the
     first one.
@@ -190,6 +190,7 @@ def build_dataflow(cfg, train_paths, choice, workers, seed, start_step=0):
         num_workers=0,
         seed=seed,
         shuffle=True,
+        decode=False,
         categories=list(cfg.DATA.CATEGORIES),
         with_provenance=False,
     )

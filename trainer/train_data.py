@@ -113,7 +113,22 @@ class TrainingMapper:
             self._lookup = _label_lookup(self.train_ids)
 
     def __call__(self, sample):
+        """Map a decoded sample dict, or a raw cache item (``decode=False`` source), which is decoded here first.
+
+        Decoding in the mapper spreads it over the map workers and ships the
+        small encoded record to them instead of the decoded image. In compact
+        (worker) mode a corrupt record comes back as a report that
+        :func:`expand_compact` raises in the consumer (a worker must not raise).
+        """
         self.setup()
+        if "raw" in sample:
+            from ddcache.dataflow import decode_or_report, raise_if_reported
+
+            sample = decode_or_report(sample)
+            if not self.compact:
+                sample = raise_if_reported(sample)
+            elif "__corrupt__" in sample:
+                return sample
         if self.compact:
             return self.map_compact(sample, self._rng)
         return self.map(sample, self._rng)
@@ -179,7 +194,9 @@ def expand_compact(compact):
     1200x1400 image), so worker processes send that over ZMQ and the
     consumer expands it.
     """
-    image, fg, fg_boxes, bg, shapes, boxes, labels = compact
+    from ddcache.dataflow import raise_if_reported
+
+    image, fg, fg_boxes, bg, shapes, boxes, labels = raise_if_reported(compact)
     dp = [image]
     for lvl_labels, lvl_boxes in dense_level_targets(fg, fg_boxes, bg, [tuple(s) for s in shapes]):
         dp += [lvl_labels, lvl_boxes]
@@ -187,7 +204,12 @@ def expand_compact(compact):
 
 
 def build_train_dataflow(source_df, cfg, num_workers=0, seed=None):
-    """Training DataFlow: ``source_df`` (any DataFlow of decoded sample dicts) mapped by :class:`TrainingMapper`.
+    """Training DataFlow: ``source_df`` mapped by :class:`TrainingMapper`.
+
+    ``source_df`` yields decoded sample dicts, or raw cache items
+    (``streaming_dataflow(..., decode=False)``), then decoded by the mappers:
+    in the workers, where a corrupt record is re-raised in the consumer as
+    ``CorruptRecordError`` naming its key.
 
     ``seed`` (default ``cfg.TRAIN.SEED``) seeds the mappers' RandomStates together with the pid.
     ``num_workers == 0`` maps in the calling process (``MapData``);
