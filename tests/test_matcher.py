@@ -160,3 +160,8 @@ def test_background_sampling_is_uniform_over_bg_anchors_only():
     assert counts.sum() == counts[bg].sum()
     # asking for more than there are returns all of them
     assert np.array_equal(_sample_bg(labels, len(bg) + 5, rng), bg)
+
+
+def test_strides_must_match_the_grids():
+    with pytest.raises(ValueError, match="strides"):
+        label_grid(_grids(64, 64), (8, 16, 32, 64, 128), np.array([[1, 1, 9, 9]], np.float32), (64, 64), 0.7, 0.3)

@@ -161,6 +161,10 @@ class _Axes:
         self.ox = np.cumsum(self.fw) - self.fw
         self.oy = np.cumsum(self.fh) - self.fh
         self.x0, self.y0 = self.X1[self.ox].astype(np.float64), self.Y1[self.oy].astype(np.float64)
+        for first, count, coords in ((self.ox, self.fw, self.X1), (self.oy, self.fh, self.Y1)):
+            step = coords[np.where(count > 1, first + 1, first)] - coords[first]
+            if np.any((count > 1) & (np.abs(step - self.stride) > 1e-3 * self.stride)):
+                raise ValueError(f"anchor grids are not spaced by their strides {list(strides)}")
         self.aw = self.X2[self.ox].astype(np.float64) - self.x0
         self.ah = self.Y2[self.oy].astype(np.float64) - self.y0
         # Fully inside columns / rows form one range per grid (x1 >= 0 is a suffix, x2 <= W a prefix).
