@@ -144,12 +144,12 @@ class _Axes:
         offset = 0
         for lvl, stride in zip(level_grids, strides):
             fh, fw, na = lvl.shape[:3]
-            for a in range(na):
-                x1.append(lvl[0, :, a, 0])
-                x2.append(lvl[0, :, a, 2])
-                y1.append(lvl[:, 0, a, 1])
-                y2.append(lvl[:, 0, a, 3])
-                rows.append((fh, fw, na, a, offset, stride))
+            # [A, fw] / [A, fh] transposed and flattened: grid (level, ratio a) is row a.
+            x1.append(lvl[0, :, :, 0].T.ravel())
+            x2.append(lvl[0, :, :, 2].T.ravel())
+            y1.append(lvl[:, 0, :, 1].T.ravel())
+            y2.append(lvl[:, 0, :, 3].T.ravel())
+            rows += [(fh, fw, na, a, offset, stride) for a in range(na)]
             offset += fh * fw * na
         self.n = offset
         self.X1, self.X2 = np.concatenate(x1), np.concatenate(x2)
@@ -215,6 +215,12 @@ class _Axes:
         return start, np.maximum(stop, start)
 
 
+def _ragged(starts, lengths):
+    """The ranges [starts[t], starts[t] + lengths[t]) concatenated: (owner t of each element, element values)."""
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    return owner, starts[owner] + np.arange(len(owner)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+
+
 def label_grid(level_grids, strides, gt_boxes, image_hw, positive_thresh, negative_thresh):
     """RPN labels of grid-structured anchors as :class:`GridLabels`, whose ``dense()`` is identical to
     ``labels_from_match(match_naive(flat, gt_boxes, inside), positive_thresh, negative_thresh)``.
@@ -245,7 +251,7 @@ def label_grid(level_grids, strides, gt_boxes, image_hw, positive_thresh, negati
     g = g[live]
     m, k = len(g), len(axes.fh)
     if m == 0 or not axes.has_valid.any():
-        return GridLabels(axes, none, none, negative_thresh > 0)
+        return GridLabels(axes, none, np.zeros(axes.n, dtype=bool), negative_thresh > 0)
     g_area = box_area(g)
     gx1, gy1, gx2, gy2 = (g[:, c].astype(np.float64) for c in range(4))
     gw, gh = gx2 - gx1, gy2 - gy1
@@ -274,35 +280,55 @@ def label_grid(level_grids, strides, gt_boxes, image_hw, positive_thresh, negati
     counts = np.where(possible, (c1 - c0) * (r1 - r0), 0).ravel()
     total = int(counts.sum())
     if total == 0:
-        return GridLabels(axes, none, none, negative_thresh > 0)
+        return GridLabels(axes, none, np.zeros(axes.n, dtype=bool), negative_thresh > 0)
 
-    # 3. Every (anchor, gt) pair of the windows: pair q of window w is (row r0 + q // ncols, col c0 + q % ncols).
-    w = np.repeat(np.arange(k * m), counts)
-    q = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
-    di, dj = np.divmod(q, (c1 - c0).ravel()[w])
-    i, j = r0.ravel()[w] + di, c0.ravel()[w] + dj
-    kw, gi = np.divmod(w, m)
-    ious = axes.iou(kw, i, j, g[gi], g_area[gi])
-    pos = ious > 0
-    anchor = (axes.base[kw] + (i * axes.fw[kw] + j) * axes.na[kw])[pos]
-    gi, ious = gi[pos], ious[pos]
-
+    # 3. The windows' pairs. A pair's overlap width depends only on its column and its height only
+    #    on its row, so both are computed once per window column / row (the float32 operations of
+    #    _iou, hence the same values), columns and rows without overlap dropped, then combined per pair.
+    win = np.flatnonzero(counts)
+    kw, gw_ = np.divmod(win, m)
+    owner_c, col = _ragged(c0.ravel()[win], (c1 - c0).ravel()[win])
+    ax1, ax2 = axes.X1[axes.ox[kw[owner_c]] + col], axes.X2[axes.ox[kw[owner_c]] + col]
+    g_c = g[gw_[owner_c]]
+    iw = np.maximum(np.minimum(ax2, g_c[:, 2]) - np.maximum(ax1, g_c[:, 0]), np.float32(0))
+    owner_r, row = _ragged(r0.ravel()[win], (r1 - r0).ravel()[win])
+    ay1, ay2 = axes.Y1[axes.oy[kw[owner_r]] + row], axes.Y2[axes.oy[kw[owner_r]] + row]
+    g_r = g[gw_[owner_r]]
+    ih = np.maximum(np.minimum(ay2, g_r[:, 3]) - np.maximum(ay1, g_r[:, 1]), np.float32(0))
+    keep_c, keep_r = iw > 0, ih > 0
+    owner_c, col, iw, a_w = owner_c[keep_c], col[keep_c], iw[keep_c], (ax2 - ax1)[keep_c]
+    owner_r, row, ih, a_h = owner_r[keep_r], row[keep_r], ih[keep_r], (ay2 - ay1)[keep_r]
+    ncol = np.bincount(owner_c, minlength=len(win))
+    nrow = np.bincount(owner_r, minlength=len(win))
+    pw, q = _ragged(np.zeros(len(win), np.int64), ncol * nrow)
+    di, dj = np.divmod(q, ncol[pw])
+    ci, ri = (np.cumsum(ncol) - ncol)[pw] + dj, (np.cumsum(nrow) - nrow)[pw] + di
+    inter = iw[ci] * ih[ri]
+    gi = gw_[pw]
+    ious = inter / (a_w[ci] * a_h[ri] + g_area[gi] - inter)  # = _iou's expression, operand for operand
     # 4. The rules (labels_from_match): any pair >= negative makes the anchor not-bg,
     #    any pair >= positive makes it fg, and each gt's best anchors are fg.
     best = np.zeros(m, dtype=np.float32)
     np.maximum.at(best, gi, ious)
-    fg = np.unique(np.concatenate([anchor[ious >= positive_thresh], anchor[ious == best[gi]]]))
-    not_bg = np.union1d(anchor[ious >= negative_thresh], fg)
+    at_best = ious == best[gi]
+    used = at_best | (ious >= min(positive_thresh, negative_thresh))  # the pairs that set a label
+    ious, at_best, pw, ci, ri = ious[used], at_best[used], pw[used], ci[used], ri[used]
+    k_p = kw[pw]
+    anchor = axes.base[k_p] + (row[ri] * axes.fw[k_p] + col[ci]) * axes.na[k_p]
+    fg = np.unique(anchor[at_best | (ious >= positive_thresh)])
+    not_bg = np.zeros(axes.n, dtype=bool)
+    not_bg[anchor[ious >= negative_thresh]] = True
+    not_bg[fg] = True
     return GridLabels(axes, fg, not_bg, negative_thresh > 0)
 
 
 class GridLabels:
     """RPN labels of grid anchors in sparse form (what :func:`label_grid` returns).
 
-    ``fg``: sorted flat indices of the fg anchors; ``not_bg``: sorted flat
-    indices of the valid anchors that are not bg (fg or ignored). Every other
-    valid anchor is bg, every invalid one ignored. No ``[N]`` array is needed
-    until :meth:`dense`: sampling draws bg anchors by rank (:meth:`valid_at`).
+    ``fg``: sorted flat indices of the fg anchors; ``not_bg``: bool ``[N]``,
+    the valid anchors that are not bg (fg or ignored). Every other valid
+    anchor is bg, every invalid one ignored. No label array is built until
+    :meth:`dense`: sampling draws bg anchors by rank (:meth:`valid_at`).
     """
 
     def __init__(self, axes, fg, not_bg, bg_possible):
@@ -312,7 +338,7 @@ class GridLabels:
         self.n = axes.n
         self.num_valid = int(((axes.vx1 - axes.vx0) * (axes.vy1 - axes.vy0)).sum())
         # negative_thresh <= 0: no IoU is below it, so nothing is bg.
-        self.num_bg = self.num_valid - len(not_bg) if bg_possible else 0
+        self.num_bg = self.num_valid - int(np.count_nonzero(not_bg)) if bg_possible else 0
 
     def valid_at(self, ranks):
         """Flat indices of the valid anchors of ranks ``ranks`` in [0, num_valid)."""
@@ -322,16 +348,14 @@ class GridLabels:
         """bool per flat index of a *valid* anchor: it is bg."""
         if self.num_bg == 0:
             return np.zeros(len(flat_index), dtype=bool)
-        pos = np.searchsorted(self.not_bg, flat_index)
-        hit = pos < len(self.not_bg)
-        hit[hit] = self.not_bg[pos[hit]] == flat_index[hit]
-        return ~hit
+        return ~self.not_bg[flat_index]
 
     def bg(self):
-        """Sorted flat indices of all bg anchors (materialises every valid anchor: for small images and tests)."""
+        """Sorted flat indices of all bg anchors (enumerates every valid anchor: for small images and tests)."""
         if self.num_bg == 0:
             return np.zeros(0, np.int64)
-        return np.setdiff1d(self.valid_at(np.arange(self.num_valid)), self.not_bg)
+        valid = np.sort(self.valid_at(np.arange(self.num_valid)))
+        return valid[~self.not_bg[valid]]
 
     def dense(self):
         """int32 ``[N]``: 1 fg, 0 bg, -1 ignore (equals :func:`labels_from_match` of the naive match)."""
