@@ -246,12 +246,12 @@ def label_grid(level_grids, strides, gt_boxes, image_hw, positive_thresh, negati
     """
     g = np.asarray(gt_boxes, dtype=np.float32).reshape(-1, 4)
     axes = _Axes(level_grids, strides, image_hw)
-    none = np.zeros(0, np.int64)
     live = (g[:, 2] > g[:, 0]) & (g[:, 3] > g[:, 1])  # degenerate gts have IoU 0 with everything
     g = g[live]
     m, k = len(g), len(axes.fh)
+    not_bg = np.zeros(axes.n, dtype=bool)
     if m == 0 or not axes.has_valid.any():
-        return GridLabels(axes, none, np.zeros(axes.n, dtype=bool), negative_thresh > 0)
+        return GridLabels(axes, np.zeros(0, np.int64), not_bg, negative_thresh > 0)
     g_area = box_area(g)
     gx1, gy1, gx2, gy2 = (g[:, c].astype(np.float64) for c in range(4))
     gw, gh = gx2 - gx1, gy2 - gy1
@@ -280,20 +280,20 @@ def label_grid(level_grids, strides, gt_boxes, image_hw, positive_thresh, negati
     counts = np.where(possible, (c1 - c0) * (r1 - r0), 0).ravel()
     total = int(counts.sum())
     if total == 0:
-        return GridLabels(axes, none, np.zeros(axes.n, dtype=bool), negative_thresh > 0)
+        return GridLabels(axes, np.zeros(0, np.int64), not_bg, negative_thresh > 0)
 
     # 3. The windows' pairs. A pair's overlap width depends only on its column and its height only
     #    on its row, so both are computed once per window column / row (the float32 operations of
     #    _iou, hence the same values), columns and rows without overlap dropped, then combined per pair.
     win = np.flatnonzero(counts)
-    kw, gw_ = np.divmod(win, m)
+    k_win, g_win = np.divmod(win, m)
     owner_c, col = _ragged(c0.ravel()[win], (c1 - c0).ravel()[win])
-    ax1, ax2 = axes.X1[axes.ox[kw[owner_c]] + col], axes.X2[axes.ox[kw[owner_c]] + col]
-    g_c = g[gw_[owner_c]]
+    ax1, ax2 = axes.X1[axes.ox[k_win[owner_c]] + col], axes.X2[axes.ox[k_win[owner_c]] + col]
+    g_c = g[g_win[owner_c]]
     iw = np.maximum(np.minimum(ax2, g_c[:, 2]) - np.maximum(ax1, g_c[:, 0]), np.float32(0))
     owner_r, row = _ragged(r0.ravel()[win], (r1 - r0).ravel()[win])
-    ay1, ay2 = axes.Y1[axes.oy[kw[owner_r]] + row], axes.Y2[axes.oy[kw[owner_r]] + row]
-    g_r = g[gw_[owner_r]]
+    ay1, ay2 = axes.Y1[axes.oy[k_win[owner_r]] + row], axes.Y2[axes.oy[k_win[owner_r]] + row]
+    g_r = g[g_win[owner_r]]
     ih = np.maximum(np.minimum(ay2, g_r[:, 3]) - np.maximum(ay1, g_r[:, 1]), np.float32(0))
     keep_c, keep_r = iw > 0, ih > 0
     owner_c, col, iw, a_w = owner_c[keep_c], col[keep_c], iw[keep_c], (ax2 - ax1)[keep_c]
@@ -304,19 +304,19 @@ def label_grid(level_grids, strides, gt_boxes, image_hw, positive_thresh, negati
     di, dj = np.divmod(q, ncol[pw])
     ci, ri = (np.cumsum(ncol) - ncol)[pw] + dj, (np.cumsum(nrow) - nrow)[pw] + di
     inter = iw[ci] * ih[ri]
-    gi = gw_[pw]
+    gi = g_win[pw]
     ious = inter / (a_w[ci] * a_h[ri] + g_area[gi] - inter)  # = _iou's expression, operand for operand
+
     # 4. The rules (labels_from_match): any pair >= negative makes the anchor not-bg,
     #    any pair >= positive makes it fg, and each gt's best anchors are fg.
     best = np.zeros(m, dtype=np.float32)
     np.maximum.at(best, gi, ious)
-    at_best = ious == best[gi]
+    at_best = (ious == best[gi]) & (ious > 0)
     used = at_best | (ious >= min(positive_thresh, negative_thresh))  # the pairs that set a label
     ious, at_best, pw, ci, ri = ious[used], at_best[used], pw[used], ci[used], ri[used]
-    k_p = kw[pw]
+    k_p = k_win[pw]
     anchor = axes.base[k_p] + (row[ri] * axes.fw[k_p] + col[ci]) * axes.na[k_p]
     fg = np.unique(anchor[at_best | (ious >= positive_thresh)])
-    not_bg = np.zeros(axes.n, dtype=bool)
     not_bg[anchor[ious >= negative_thresh]] = True
     not_bg[fg] = True
     return GridLabels(axes, fg, not_bg, negative_thresh > 0)
