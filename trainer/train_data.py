@@ -21,10 +21,11 @@ Seeding: a mapper's RandomState is created lazily in the process that uses
 it, from ``(seed, pid)``, so forked workers draw different augmentations. For
 a reproducible stream pass your own RandomState to :meth:`TrainingMapper.map`.
 
-Worker processes send a compact form (uint8 image, sparse anchor targets) that
-the consuming process expands (:func:`expand_compact`): measured on 2 cores,
-2 workers deliver a datapoint every ~15 ms this way vs ~39 ms when pickling the
-dense ~25 MB datapoint through ZMQ (in-process mapping: ~22 ms).
+Worker processes receive encoded records (``decode=False`` sources) or decoded
+samples, and send a compact form (uint8 image, the kept anchors' indices and
+boxes) that the consuming process expands (:func:`expand_compact`): shipping
+the dense ~25 MB datapoint instead costs ~50% more per datapoint
+(``benchmarks/anchor_matching.py``).
 """
 import os
 import time
