@@ -364,7 +364,8 @@ def train_main(config, train, val, logdir, weights=None, overrides=(), steps=Non
               help="GPUs in this process: 0 = CPU, N > 1 = replicated multi-GPU [default: 1 if any, else CPU].")
 @click.option("--horovod", is_flag=True, help="Horovod data-parallel training (start with horovodrun).")
 @click.option("--workers", type=click.IntRange(0), default=None,
-              help="Data preprocessing processes (0 = in the training process) [default: TRAIN.NUM_WORKERS].")
+              help="Processes that decode, resize and label the training images (0 = in the training process) "
+                   "[default: TRAIN.NUM_WORKERS].")
 @click.option("--eval-max-datapoints", type=click.IntRange(1), default=None,
               help="Evaluate on the first N validation samples only.")
 def train(config_path, train_caches, val_caches, logdir, weights, overrides, steps, gpus, horovod, workers,
