@@ -192,6 +192,7 @@ def test_train_stop_then_resume_then_ctrl_c(caches, tmp_path):
     step = checkpoint_step(latest_checkpoint(logdir))
     assert step >= 4
     assert [x for x in err.splitlines() if x.startswith("ddtrain")] == [
+        "ddtrain: Ctrl-C: stopping after the current step and saving a checkpoint (Ctrl-C again to leave at once)",
         f"ddtrain: interrupted at global step {step}; checkpoint {logdir}/model-{step}"]
     steps = [s["global_step"] for s in _stats(logdir)]
     assert steps == sorted(steps) and steps[0] <= 3  # one history, appended to, never restarted
@@ -205,3 +206,34 @@ def test_exit_after_ctrl_c_is_bounded_even_if_shutdown_blocks():
             "threading.Thread(target=threading.Event().wait).start()  # non-daemon: blocks shutdown forever\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 7, r.stderr[-2000:]
+
+
+def test_second_ctrl_c_leaves_even_if_the_main_thread_does_not_react():
+    """A main thread that does not act on Ctrl-C (as one blocked in a TensorFlow step): the first Ctrl-C is
+    acknowledged at once, the second one ends the process with code 130."""
+    import signal
+
+    code = ("import sys, time\n"
+            "from trainer.train import watch_interrupts\n"
+            "watch_interrupts()\n"
+            "print('armed', flush=True)\n"
+            "while True:\n"
+            "    try:\n"
+            "        time.sleep(60)\n"
+            "    except KeyboardInterrupt:\n"
+            "        pass  # stuck: ignores the interrupt\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert proc.stdout.readline().strip() == "armed"
+        proc.send_signal(signal.SIGINT)
+        assert proc.stderr.readline() == "\n"  # the notice starts on a line of its own (progress bars)
+        first = proc.stderr.readline()
+        assert first.startswith("ddtrain: Ctrl-C: stopping after the current step") and proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        assert proc.returncode == 130
+        assert proc.stderr.read().strip() == "ddtrain: second Ctrl-C: leaving now without a new checkpoint"
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -38,8 +38,9 @@ for _module, _name in _COMMANDS:
 def run():
     """Entry point of the `ddtrain` console script (same error policy as `ddcache`)."""
     from ddcache.cli import run_with_error_policy
-    from trainer.train import INTERRUPT_EXIT_GRACE_S, exit_within
+    from trainer.train import INTERRUPT_EXIT_GRACE_S, exit_within, watch_interrupts
 
+    watch_interrupts()
     try:
         run_with_error_policy(main, "ddtrain")
     except SystemExit as exc:

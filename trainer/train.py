@@ -63,6 +63,39 @@ def exit_within(seconds, code):
     timer.start()
 
 
+def watch_interrupts(code=130, prog="ddtrain"):
+    """Say at once that Ctrl-C was seen, and let a second Ctrl-C end the process immediately.
+
+    Python acts on SIGINT only when the main thread runs Python code; a
+    training step blocked inside TensorFlow (e.g. waiting for data) defers
+    the KeyboardInterrupt, and the checkpoint with it, until the step
+    returns. The signal is also written to a wakeup pipe that a daemon
+    thread watches, so the user is told at once, and a second Ctrl-C leaves
+    at once (no new checkpoint; the latest one stays usable). Main thread
+    only; armed by the ``ddtrain`` entry point.
+    """
+    import signal
+
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.set_wakeup_fd(write_fd)
+
+    def watch():
+        seen = 0
+        while True:
+            seen += os.read(read_fd, 64).count(int(signal.SIGINT))
+            if seen == 1:  # on a line of its own: a progress bar may be mid-line
+                sys.stderr.write(f"\n{prog}: Ctrl-C: stopping after the current step and saving a checkpoint "
+                                 "(Ctrl-C again to leave at once)\n")
+                sys.stderr.flush()
+            elif seen >= 2:
+                sys.stderr.write(f"\n{prog}: second Ctrl-C: leaving now without a new checkpoint\n")
+                sys.stderr.flush()
+                os._exit(code)
+
+    threading.Thread(target=watch, name="ctrl-c-watch", daemon=True).start()
+
+
 class TrainingInterrupted(Exception):
     """Ctrl-C during training; ``checkpoint`` is the checkpoint saved on the way out (or None)."""
 
