@@ -237,3 +237,32 @@ def test_second_ctrl_c_leaves_even_if_the_main_thread_does_not_react():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_forked_childs_ctrl_c_does_not_count_as_the_second_one():
+    """A terminal's Ctrl-C reaches the map workers too; their signals must not end ddtrain at once."""
+    import signal
+
+    code = ("import os, signal, time\n"
+            "from trainer.train import watch_interrupts\n"
+            "watch_interrupts()\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    try:\n"
+            "        os.kill(os.getpid(), signal.SIGINT)\n"
+            "        time.sleep(5)\n"
+            "    except KeyboardInterrupt:\n"
+            "        pass\n"
+            "    os._exit(0)\n"
+            "os.waitpid(pid, 0)\n"
+            "try:\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    time.sleep(5)\n"
+            "except KeyboardInterrupt:\n"
+            "    time.sleep(1)  # the watcher has had time to act on what it read\n"
+            "print('survived', flush=True)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert r.returncode == 0 and r.stdout.strip() == "survived", r.stderr[-2000:]
+    assert [x for x in r.stderr.splitlines() if x.startswith("ddtrain")] == [
+        "ddtrain: Ctrl-C: stopping after the current step and saving a checkpoint (Ctrl-C again to leave at once)"]

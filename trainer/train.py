@@ -79,6 +79,9 @@ def watch_interrupts(code=130, prog="ddtrain"):
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
     signal.set_wakeup_fd(write_fd)
+    # Forked map workers inherit the pipe: their SIGINTs (a terminal's Ctrl-C reaches the whole
+    # process group) must not count as this process's second Ctrl-C.
+    os.register_at_fork(after_in_child=lambda: signal.set_wakeup_fd(-1))
 
     def watch():
         seen = 0
