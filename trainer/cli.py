@@ -6,6 +6,7 @@ assembles them and applies the error policy (user mistakes -> one line on
 stderr, exit 2).
 """
 import importlib
+import sys
 
 import click
 
@@ -40,7 +41,8 @@ def run():
     from ddcache.cli import run_with_error_policy
     from trainer.train import INTERRUPT_EXIT_GRACE_S, exit_within, watch_interrupts
 
-    watch_interrupts()
+    if sys.argv[1:2] == ["train"]:  # the only command with a "save on Ctrl-C" to announce
+        watch_interrupts()
     try:
         run_with_error_policy(main, "ddtrain")
     except SystemExit as exc:
