@@ -23,7 +23,7 @@ Pieces (compose them like any tensorpack DataFlow):
   whose workers never drop a reply (see its docstring); use it for every
   multi-process map.
 * :func:`parallel_decode` -- decode raw items (``decode=False``) in
-  ``MultiProcessMapDataZMQ`` workers; a corrupt record raises in the
+  ``LosslessMapDataZMQ`` workers; a corrupt record raises in the
   consumer naming its key instead of killing a worker (which would hang
   tensorpack's pipeline).
 
@@ -125,10 +125,10 @@ def decode_sample(item):
     """Decode a raw item yielded with ``decode=False`` (``{"key", "index", "epoch", "raw", "decode"}``).
 
     The item carries its dataflow's decode options, so this plain function can
-    be the ``map_func`` of ``MultiProcessMapDataZMQ``. Returns the sample dict
-    (CONTRACTS.md); raises ``CorruptRecordError`` naming the key. Note that an
-    exception kills a tensorpack map worker and hangs its consumer: use
-    :func:`parallel_decode` to decode in workers safely.
+    be a map function. Returns the sample dict (CONTRACTS.md); raises
+    ``CorruptRecordError`` naming the key. An exception kills a tensorpack map
+    worker and hangs its consumer: in workers use :func:`decode_or_report`
+    (as :func:`parallel_decode` and the training mapper do).
     """
     return SampleDecoder(*item["decode"])(item)
 

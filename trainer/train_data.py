@@ -123,12 +123,10 @@ class TrainingMapper:
         """
         self.setup()
         if "raw" in sample:
-            from ddcache.dataflow import decode_or_report, raise_if_reported
+            from ddcache.dataflow import decode_or_report, decode_sample
 
-            sample = decode_or_report(sample)
-            if not self.compact:
-                sample = raise_if_reported(sample)
-            elif "__corrupt__" in sample:
+            sample = decode_or_report(sample) if self.compact else decode_sample(sample)
+            if "__corrupt__" in sample:
                 return sample
         if self.compact:
             return self.map_compact(sample, self._rng)
