@@ -22,7 +22,7 @@ setup(
         "matplotlib>=3.7",
         "pycocotools>=2.0.7",
         "tensorpack==0.11",
-        "tensorflow-cpu==2.21.0; platform_machine=='x86_64'",
+        "tensorflow==2.21.0",
         "tf-keras==2.21.0",
     ],
     extras_require={"test": ["pytest>=7"]},

@@ -213,15 +213,15 @@ def test_second_ctrl_c_leaves_even_if_the_main_thread_does_not_react():
     acknowledged at once, the second one ends the process with code 130."""
     import signal
 
-    code = ("import sys, time\n"
+    # The main thread's handler ignores SIGINT *before* 'armed' is printed: a KeyboardInterrupt raised
+    # between the print and a try block (the old race) cannot happen. The wakeup pipe still sees each signal.
+    code = ("import signal, time\n"
             "from trainer.train import watch_interrupts\n"
             "watch_interrupts()\n"
+            "signal.signal(signal.SIGINT, lambda *_: None)  # stuck: ignores the interrupt\n"
             "print('armed', flush=True)\n"
             "while True:\n"
-            "    try:\n"
-            "        time.sleep(60)\n"
-            "    except KeyboardInterrupt:\n"
-            "        pass  # stuck: ignores the interrupt\n")
+            "    time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
