@@ -166,6 +166,10 @@ class CocoBuilder:
         }
 
     def write(self, path):
-        """Write :meth:`to_dict` as JSON to ``path`` (the only I/O in this module)."""
+        """Write :meth:`to_dict` as JSON to ``path`` (the only I/O in this module).
+
+        ``allow_nan=False``: a non-finite number raises ValueError instead of
+        writing ``NaN``, which is not JSON (the record schema keeps them out).
+        """
         with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f)
+            json.dump(self.to_dict(), f, allow_nan=False)

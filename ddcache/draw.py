@@ -55,7 +55,10 @@ def draw_sample(sample, out_path, categories=None, dpi=100):
     """Write a PNG of a cache sample with its boxes per category and a provenance title."""
     h, w = sample["image"].shape[:2]
     prov = sample.get("provenance", {})
-    title = f"{prov.get('source_file', '')}  table {prov.get('table_id', '')}  scale {prov.get('scale', 0):.2f} px/unit  {w}x{h}px"
+    scale = prov.get("scale")
+    scale = f"{scale:.2f}" if isinstance(scale, (int, float)) else "?"
+    source = str(prov.get("source_file", ""))[-120:]  # provenance values are checked scalars; keep the title short
+    title = f"{source}  table {str(prov.get('table_id', ''))[:40]}  scale {scale} px/unit  {w}x{h}px"
     return draw_boxes(sample["image"], sample["boxes"], sample["category_ids"], out_path, title, categories, dpi)
 
 

@@ -18,11 +18,15 @@ import numpy as np
 
 from .codec import checksum, decode_record
 from .errors import CorruptRecordError, UserError
+from .lmdb_file import DamagedFileError, check_data_file
 from .manifest import append_record, read_manifest, record_key, write_manifest
+from .regular_file import NotRegularFileError
+from .schema import MAX_RECORD_BYTES
 
 _META_PREFIX = b"__"
 _INITIAL_MAP_SIZE = 1 << 30
 _READ_ENVS = {}  # resolved path -> [pid, env, bytes read through env]
+_CHECKED = {}  # resolved path -> (size, mtime_ns, inode) of the data.mdb that passed check_lmdb_file
 _READ_LOCK = threading.RLock()
 
 
@@ -128,7 +132,31 @@ class LmdbWriter:
 
 def open_readonly(path):
     """This process's read-only env for ``path`` (shared by every reader of it in the process)."""
-    return _read_entry(str(Path(path).resolve()))[1]
+    return _read_entry(os.path.realpath(path))[1]
+
+
+def check_lmdb_file(path):
+    """UserError (one line) unless ``path``/data.mdb is a regular file LMDB can read without crashing.
+
+    See :mod:`ddcache.lmdb_file`: a damaged tree would otherwise abort the
+    process (SIGABRT / SIGBUS) inside LMDB, and a FIFO would block the open.
+    Checked once per file version (size, mtime, inode) and process; forked
+    workers inherit the result.
+    """
+    data = os.path.join(path, "data.mdb")
+    try:
+        st = os.stat(data)
+        stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+        if _CHECKED.get(path) == stamp:
+            return
+        check_data_file(data)
+    except DamagedFileError as exc:
+        raise UserError(f"{data}: damaged LMDB file ({exc})") from None
+    except NotRegularFileError as exc:
+        raise UserError(str(exc)) from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read data.mdb ({exc.strerror or exc})") from None
+    _CHECKED[path] = stamp
 
 
 def _read_entry(path):
@@ -142,11 +170,11 @@ def _read_entry(path):
             # Inherited through fork: unusable here, and py-lmdb refuses a second open while it exists.
             _close_quietly(entry[1])
             del _READ_ENVS[path]
+        check_lmdb_file(path)
         try:
             env = lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=True, max_readers=512)
         except lmdb.Error as exc:
             raise UserError(f"{path}: cannot open LMDB environment ({exc})") from None
-        check_not_truncated(env, path)
         entry = _READ_ENVS[path] = [pid, env, 0]
         return entry
 
@@ -170,30 +198,26 @@ def read_value(path, key):
     Linux 6.18 / ext4), hence the small ``REMAP_BYTES`` (1 MB: ~40 MB mapped
     per process at most, whatever the cache size). The pages stay in the OS
     page cache, so nothing is read from disk again.
+
+    A value larger than ``schema.MAX_RECORD_BYTES`` or an LMDB error while
+    reading it raises CorruptRecordError naming the key (before copying).
     """
     with _READ_LOCK:
         entry = _read_entry(path)
-        with entry[1].begin(buffers=False) as txn:
-            raw = txn.get(key)
+        try:
+            with entry[1].begin(buffers=True) as txn:
+                view = txn.get(key)
+                if view is not None and len(view) > MAX_RECORD_BYTES:
+                    raise CorruptRecordError(key.decode(), f"{len(view)} bytes, more than the record limit of {MAX_RECORD_BYTES}")
+                raw = None if view is None else bytes(view)
+        except lmdb.Error as exc:  # a damaged leaf / overflow page the structural check cannot see
+            raise CorruptRecordError(key.decode(), f"lmdb: {exc}") from None
         if raw is not None:
             entry[2] += len(raw)
             if entry[2] >= REMAP_BYTES:
                 _close_quietly(entry[1])
                 del _READ_ENVS[path]
         return raw
-
-
-def check_not_truncated(env, path):
-    """UserError if data.mdb is shorter than the pages LMDB says it uses.
-
-    Reading a page past the end of a memory-mapped file kills the process
-    with SIGBUS instead of raising, so this is checked before any read.
-    """
-    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
-    size = os.path.getsize(os.path.join(path, "data.mdb"))
-    if size < needed:
-        env.close()
-        raise UserError(f"{path}: data.mdb is truncated ({size} bytes, LMDB needs {needed})")
 
 
 class CacheReader:
@@ -208,10 +232,12 @@ class CacheReader:
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         self.paths = [Path(p) for p in paths]
-        self._resolved = [str(p.resolve()) for p in self.paths]
         if not self.paths:
             raise UserError("no cache given")
-        self.manifests = [read_manifest(p) for p in self.paths]
+        self.manifests = [read_manifest(p) for p in self.paths]  # first: a symlink loop or a non-cache fails here
+        self._resolved = [os.path.realpath(p) for p in self.paths]
+        for path in self._resolved:
+            check_lmdb_file(path)  # a damaged data.mdb is a one-line error now, not a crash at the first read
         first = self.manifests[0]
         for path, m in zip(self.paths[1:], self.manifests[1:]):
             for field in ("dataset", "mode", "schema_version"):

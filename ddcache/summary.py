@@ -1,5 +1,5 @@
 """`ddcache info`: what a cache (or a list of shard caches) holds, from the manifests alone."""
-from pathlib import Path
+import os
 
 from .manifest import read_manifest
 
@@ -18,7 +18,7 @@ def summarize(paths):
             skipped[reason] = skipped.get(reason, 0) + n
         for name, n in c["boxes_per_category"].items():
             boxes[name] = boxes.get(name, 0) + n
-    disk = sum(f.stat().st_size for p in paths for f in Path(p).iterdir() if f.is_file())
+    disk = sum(_file_bytes(p) for p in paths)
     return {
         "paths": [str(p) for p in paths],
         **totals,
@@ -37,6 +37,16 @@ def summarize(paths):
         "build_options": first["build_options"],
         "created": first.get("created"),
     }
+
+
+def _file_bytes(cache_dir):
+    """Bytes of the regular files directly in ``cache_dir`` (symlinks and special files are not followed)."""
+    total = 0
+    with os.scandir(cache_dir) as entries:
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False):
+                total += entry.stat(follow_symlinks=False).st_size
+    return total
 
 
 def _mb(n):
