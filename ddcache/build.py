@@ -36,6 +36,7 @@ from .codec import checksum, encode_record, ENCODINGS
 from .crop import make_page_sample, make_table_sample
 from .datasets import get_reader
 from .errors import SkipSample, UserError
+from .input_limits import MAX_GRID, MAX_LINE_BYTES, MAX_PIXELS
 from .manifest import SKIP_REPORT_NAME, append_record, new_manifest, read_manifest, record_key, write_manifest
 
 FILTERS = ("min_rows", "max_rows", "min_cols", "max_cols", "min_cells", "max_cells")
@@ -67,13 +68,17 @@ class BuildOptions:
     min_cells: int = None
     max_cells: int = None
     shard: tuple = (0, 1)
+    max_line_bytes: int = MAX_LINE_BYTES
+    max_grid: int = MAX_GRID
+    max_pixels: int = MAX_PIXELS
     overwrite: bool = False
     commit_every: int = 32
     extra: dict = field(default_factory=dict)
 
     record_fields = (
         "dataset", "split", "mode", "encoding", "jpeg_quality", "dpi", "max_short", "max_long", "pad",
-        "first_row_header", "annotations", "max_datapoints", *FILTERS, "shard",
+        "first_row_header", "annotations", "max_datapoints", *FILTERS, "shard", "max_line_bytes", "max_grid",
+        "max_pixels",
     )
 
     def record_options(self):
@@ -121,11 +126,13 @@ def iter_tasks(reader, opts):
 
 
 def _reader_options(opts):
-    return {"first_row_header": opts.first_row_header, "annotations": opts.annotations}
+    return {"first_row_header": opts.first_row_header, "annotations": opts.annotations,
+            "max_line_bytes": opts.max_line_bytes, "max_grid": opts.max_grid}
 
 
 def _crop_options(opts, reader):
-    return {"dpi": opts.dpi, "max_short": opts.max_short, "max_long": opts.max_long, "pad": opts.pad, "raster": reader.raster}
+    return {"dpi": opts.dpi, "max_short": opts.max_short, "max_long": opts.max_long, "pad": opts.pad, "raster": reader.raster,
+            "max_pixels": opts.max_pixels}
 
 
 def _filter_reason(ann, opts):
@@ -170,12 +177,15 @@ def process_task(task):
     skips, anns = [], []
     for line in task.lines:
         if line.record is None:
-            skips.append(_skip(line, "malformed_json", line.error))
+            skips.append(_skip(line, line.reason, line.error))
             continue
         try:
             ann = reader.parse(line, _reader_options(opts))
         except SkipSample as exc:
             skips.append(_skip(line, exc.reason, exc.detail))
+            continue
+        except Exception as exc:  # noqa: BLE001 - a reader bug on odd input is counted, never fatal
+            skips.append(_skip(line, "error", f"{type(exc).__name__}: {exc}"))
             continue
         reason = _filter_reason(ann, opts)
         if reason:

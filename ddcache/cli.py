@@ -10,7 +10,8 @@ import sys
 import click
 
 from . import __version__
-from .errors import CorruptRecordError, UserError
+from .errors import CorruptRecordError, UserError, WorkerDiedError
+from .input_limits import MAX_GRID, MAX_LINE_BYTES, MAX_PIXELS
 
 
 def _shard(value):
@@ -117,6 +118,12 @@ def sample(dataset, out, pages, seed):
 @click.option("--min-cells", type=click.IntRange(0))
 @click.option("--max-cells", type=click.IntRange(0))
 @click.option("--shard", callback=lambda c, p, v: _shard(v), help="Build only shard I of N (I/N), e.g. 0/4.")
+@click.option("--max-line-bytes", default=MAX_LINE_BYTES, show_default=True, type=click.IntRange(1),
+              help="Skip (too_large) annotation lines longer than this.")
+@click.option("--max-grid", default=MAX_GRID, show_default=True, type=click.IntRange(1),
+              help="Skip (too_large) tables whose grid has more slots (rows x columns, spans counted).")
+@click.option("--max-pixels", default=MAX_PIXELS, show_default=True, type=click.IntRange(1, MAX_PIXELS),
+              help="Skip (too_large) tables whose render or raster source image has more pixels.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing cache at --out.")
 @click.option("--commit-every", default=32, hidden=True, type=click.IntRange(1))
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -226,7 +233,8 @@ _register_optional()
 
 
 def run_with_error_policy(group, prog):
-    """Run a click group: user mistakes -> one line on stderr + exit 2, Ctrl-C -> exit 130, no tracebacks."""
+    """Run a click group: user mistakes and bad data -> one line on stderr + exit 2, a dead worker -> one line + exit 1,
+    Ctrl-C -> exit 130, no tracebacks."""
     try:
         group(standalone_mode=False)
     except click.exceptions.Abort:
@@ -238,6 +246,9 @@ def run_with_error_policy(group, prog):
     except (UserError, CorruptRecordError) as exc:
         click.echo(f"{prog}: error: {exc}", err=True)
         sys.exit(2)
+    except WorkerDiedError as exc:
+        click.echo(f"{prog}: error: {exc}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted (a build re-run with the same command resumes)" if prog == "ddcache" else "interrupted", err=True)
         sys.exit(130)

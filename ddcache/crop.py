@@ -20,6 +20,7 @@ import numpy as np
 from . import categories as C
 from .errors import SkipSample
 from .geometry import clip, shift, valid
+from .input_limits import MAX_PIXELS
 
 MIN_BOX_PX = 1.0
 
@@ -57,6 +58,20 @@ def check_inside_page(boxes_px, page_w, page_h):
     if outside.any():
         i = int(np.argmax(outside))
         raise SkipSample("box_outside_page", f"box {tuple(np.round(b[i], 1))} outside page {page_w}x{page_h} px")
+
+
+def render_checked(page, scale, region, options):
+    """``page.render(scale, region)`` unless it would allocate more than ``options["max_pixels"]``: SkipSample('too_large').
+
+    Checked before rendering: a huge page box at a fixed dpi, or a raster
+    source of 30000 x 30000 pixels, is refused without allocating it.
+    """
+    limit = int(options.get("max_pixels", MAX_PIXELS))
+    needed = page.render_pixels(scale, region)
+    if needed > limit:
+        x0, y0, x1, y1 = region
+        raise SkipSample("too_large", f"render of {x1 - x0}x{y1 - y0} px needs {needed} pixels, over --max-pixels {limit}")
+    return page.render(scale, region)
 
 
 def cell_boxes(cells, boxes_crop, crop_w, crop_h, table_index=0):
@@ -164,7 +179,7 @@ def make_table_sample(annotation, page, options, dataset):
     cells_px = page.to_pixels([c.bbox for c in cells], scale)
     check_inside_page(cells_px, page_w, page_h)
     region = crop_region(page.to_pixels(padded, scale)[0], page_w, page_h)
-    image = page.render(scale, region)
+    image = render_checked(page, scale, region, options)
     crop_h, crop_w = image.shape[:2]
     to_crop = lambda b: shift(b, -region[0], -region[1])  # noqa: E731
     table_crop = clip(to_crop(page.to_pixels(tb, scale)), crop_w, crop_h)[0]
@@ -197,7 +212,7 @@ def make_page_sample(annotations, page, options, dataset):
         options.get("max_short", 1200), options.get("max_long", 1408), options.get("raster", False),
     )
     page_w, page_h = page.size_px(scale)
-    image = page.render(scale, (0, 0, page_w, page_h))
+    image = render_checked(page, scale, (0, 0, page_w, page_h), options)
     parts, dropped = [], 0
     for t, ann in enumerate(annotations):
         cells = ann.boxed_cells

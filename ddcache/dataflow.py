@@ -53,7 +53,7 @@ from tensorpack.dataflow import DataFlow, MultiProcessMapDataZMQ  # noqa: E402
 
 from . import categories as C  # noqa: E402
 from .codec import checksum, decode_record  # noqa: E402
-from .errors import CorruptRecordError, UserError  # noqa: E402
+from .errors import CorruptRecordError, UserError, WorkerDiedError  # noqa: E402
 from .partition import check_slot, epoch_permutation, partition, rank_size  # noqa: E402
 from .store import CacheReader, open_readonly  # noqa: E402
 
@@ -394,10 +394,6 @@ class ShardedCacheDataFlow(CacheDataFlow):
 
 
 # ---------------------------------------------------------------- multi-process runner
-
-
-class WorkerDiedError(RuntimeError):
-    """A reader process ended without finishing its part of the epoch."""
 
 
 class _ImageSlots:

@@ -1,12 +1,19 @@
-"""Errors that mean 'the user asked for something impossible'.
+"""Errors with a one-line meaning: user mistakes, bad data, a broken pipeline.
 
-The CLI prints them as one line and exits non-zero, with no traceback; every
-other exception is a bug and keeps its traceback.
+The CLI prints each as one line and exits non-zero, with no traceback
+(UserError and CorruptRecordError: exit 2, WorkerDiedError: exit 1); every
+other exception is a bug and keeps its traceback. Readers raise only these
+for anything a cache or raw dataset can contain (see ``schema``), so callers
+(``ddtrain``, the dataflows) can catch them by type.
 """
 
 
 class UserError(Exception):
-    """A mistake in the command line or the environment (not in the data)."""
+    """A mistake in the command line or the environment, or a directory that is not a usable cache.
+
+    Raised for every problem of a cache as a whole (its manifest, its
+    ``data.mdb`` file); a problem of one record is a CorruptRecordError.
+    """
 
 
 class CorruptRecordError(Exception):
@@ -20,6 +27,10 @@ class CorruptRecordError(Exception):
     def __reduce__(self):
         # survive pickling between processes (tensorpack re-raises worker errors in the parent)
         return (type(self), (self.key, self.reason))
+
+
+class WorkerDiedError(RuntimeError):
+    """A worker process of a data pipeline ended without delivering its work (killed, out of memory)."""
 
 
 class SkipSample(Exception):

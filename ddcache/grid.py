@@ -4,15 +4,27 @@ Neither FinTabNet nor PubTabNet stores row/column indices: they follow from
 the token sequence. A cell occupies the first free slot of its row; a
 rowspan blocks the slots below it for later rows; the number of columns is
 the sum of the first row's colspans.
+
+Annotation lines may be hostile: a ``colspan="1000000"`` must not make the
+layout allocate a million slots, so the grid's size (rows x columns) is
+checked against ``max_slots`` before any slot is filled, spans longer than
+9 digits are refused, and occupancy is one byte per slot.
 """
 import re
 from dataclasses import dataclass, field
 
+from .input_limits import MAX_GRID
+
 _SPAN_RE = re.compile(r'\s*(rowspan|colspan)\s*=\s*"?(\d+)"?')
+MAX_SPAN_DIGITS = 9
 
 
 class StructureError(ValueError):
     """The token sequence is not a well-formed table."""
+
+
+class GridTooLargeError(StructureError):
+    """The table's grid has more slots (rows x columns) than the limit."""
 
 
 @dataclass
@@ -58,14 +70,18 @@ def _parse_cells(tokens):
                 raise StructureError("<td> outside a row")
             rs = cs = 1
             if tok != "<td>":
-                # split form: "<td", ' colspan="2"', ..., ">" (attributes may also be inline)
-                attrs = tok[3:]
-                while not attrs.rstrip().endswith(">"):
+                # split form: "<td", ' colspan="2"', ..., ">" (attributes may also be inline);
+                # the tag ends at the first token whose last non-blank character is ">"
+                parts, tail = [tok[3:]], tok[3:].rstrip()
+                while not tail.endswith(">"):
                     i += 1
                     if i >= n:
                         raise StructureError("unterminated <td")
-                    attrs += tokens[i]
-                for name, value in _SPAN_RE.findall(attrs):
+                    parts.append(tokens[i])
+                    tail = tokens[i].rstrip() or tail
+                for name, value in _SPAN_RE.findall("".join(parts)):
+                    if len(value) > MAX_SPAN_DIGITS:
+                        raise StructureError(f"{name} {value[:12]}... is too long")
                     if name == "rowspan":
                         rs = int(value)
                     else:
@@ -79,33 +95,39 @@ def _parse_cells(tokens):
     return rows
 
 
-def layout(tokens):
-    """Structure tokens -> :class:`Grid`.
+def layout(tokens, max_slots=MAX_GRID):
+    """Structure tokens (a list of str) -> :class:`Grid`.
 
-    Raises :class:`StructureError` when rows do not add up to the same width
-    or a span reaches past the table.
+    Raises :class:`StructureError` when a token is not a string, rows do not
+    add up to the same width or a span reaches past the table, and
+    :class:`GridTooLargeError` when rows x columns exceeds ``max_slots``,
+    before any slot is allocated.
     """
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise StructureError("structure tokens are not a list of strings")
     rows = _parse_cells(tokens)
     if not rows:
         raise StructureError("no rows")
     num_rows = len(rows)
-    occupied = set()
-    cells, index = [], 0
     num_cols = sum(cs for _, cs, _ in rows[0])
+    if num_rows * num_cols > max_slots:
+        raise GridTooLargeError(f"grid of {num_rows} x {num_cols} slots is over the limit of {max_slots}")
+    occupied = bytearray(num_rows * num_cols)  # row-major, 1 = taken
+    cells, index = [], 0
     for r, row in enumerate(rows):
         c = 0
         for rs, cs, header in row:
-            while (r, c) in occupied:
+            while c < num_cols and occupied[r * num_cols + c]:
                 c += 1
             if c + cs > num_cols:
                 raise StructureError(f"row {r} is wider than the first row ({num_cols} columns)")
             if r + rs > num_rows:
                 raise StructureError(f"rowspan at row {r} reaches past the last row")
             for dr in range(rs):
-                for dc in range(cs):
-                    if (r + dr, c + dc) in occupied:
-                        raise StructureError(f"cells overlap at row {r + dr}, column {c + dc}")
-                    occupied.add((r + dr, c + dc))
+                start = (r + dr) * num_cols + c
+                if any(occupied[start:start + cs]):
+                    raise StructureError(f"cells overlap at row {r + dr}, column {c + occupied[start:start + cs].index(1)}")
+                occupied[start:start + cs] = b"\x01" * cs
             cells.append(GridCell(index, r, c, rs, cs, header))
             index += 1
             c += cs

@@ -425,3 +425,147 @@ def test_truncated_but_consistent_lmdb(deep_cache, tmp_path, capsys):
     assert_one_line(code, err, 2, "data.mdb")
     code, _, err = cli(capsys, "verify", cache, "--quiet")
     assert code == 1 and "Traceback" not in err and "data.mdb" in err
+
+
+def test_ddtrain_cache_checks_refuse_hostile_caches(good_cache, deep_cache, tmp_path):
+    """``ddtrain``'s pre-flight (``check_caches``) raises the typed one-line error for a hostile manifest or data.mdb."""
+    from trainer.train import check_caches
+
+    manifest = tmp_path / "m"
+    shutil.copytree(good_cache, manifest)
+    _edit_manifest(manifest, _counts(num_samples=10 ** 15))
+    damaged = tmp_path / "d"
+    shutil.copytree(deep_cache[0], damaged)
+    source, offset, bit = _crash_cases(deep_cache)["branch_numkeys"]
+    _flip(damaged, offset, bit)
+    for cache, message in ((manifest, "num_samples"), (damaged, "damaged LMDB file")):
+        with pytest.raises(UserError, match=message):
+            check_caches([cache], "train")
+
+
+# ---------------------------------------------------------------- hostile raw input to the builder
+
+
+def _build(source, out, **kw):
+    from ddcache.build import BuildOptions, build_cache
+
+    base = dict(dataset="fintabnet", source=str(source), split="val", out=str(out), workers=1, dpi=72)
+    base.update(kw)
+    return build_cache(BuildOptions(**base), progress=False)
+
+
+def _skips(cache):
+    return {r["line_no"]: (r["reason"], r["detail"]) for r in map(json.loads, (cache / "skipped.jsonl").read_text().splitlines())}
+
+
+@pytest.fixture()
+def hostile_fintabnet(real_source, tmp_path):
+    """The 4 real lines followed by one line of each malformed class; returns (source, {line_no: reason})."""
+    src = tmp_path / "src"
+    shutil.copytree(real_source, src)
+    path = src / "FinTabNet_1.0.0_table_val.jsonl"
+    good = [json.loads(line) for line in path.read_text().splitlines()]
+
+    def variant(change):
+        rec = json.loads(json.dumps(good[0]))
+        change(rec)
+        return json.dumps(rec)
+
+    def tokens(rec, value):
+        rec["html"]["structure"]["tokens"] = value
+
+    def colspan(rec):
+        t = rec["html"]["structure"]["tokens"]
+        i = t.index("<td>")
+        t[i:i + 1] = ["<td", ' colspan="1000000"', ">"]
+
+    def long_span(rec):
+        t = rec["html"]["structure"]["tokens"]
+        i = t.index("<td>")
+        t[i:i + 1] = ["<td", ' colspan="' + "9" * 40 + '"', ">"]
+
+    cases = [
+        ('{"html": ' + "[" * 20_000 + "]" * 20_000 + "}", "malformed_json"),          # RecursionError in json
+        (variant(lambda r: r.update(filename=["a.pdf"])), "bad_field"),                  # filename a list
+        (variant(lambda r: r.update(bbox=[10 ** 400, 0, 1, 1])), "bad_box"),            # float() overflows
+        (variant(lambda r: r.update(bbox=["a", "b", "c", "d"])), "bad_box"),            # strings compare, then crash
+        (variant(lambda r: r["html"]["cells"][0].update(bbox=[float("nan")] * 4)), "bad_box"),  # NaN into the cache
+        (variant(lambda r: r["html"]["cells"][0].update(bbox=[True, 0, 1, 1])), "bad_box"),
+        (variant(lambda r: tokens(r, [1, 2, 3])), "bad_structure"),                     # int structure tokens
+        (variant(lambda r: r["html"]["cells"][0].update(tokens=[1, 2])), "bad_structure"),  # int cell tokens
+        (variant(lambda r: r["html"].update(cells="abc")), "bad_structure"),
+        (variant(lambda r: r["html"]["cells"].__setitem__(0, 5)), "bad_structure"),
+        (variant(colspan), "too_large"),                                                # 10^6 slots per row
+        (variant(long_span), "bad_structure"),
+        (variant(lambda r: r.update(table_id={"a": [1, 2]})), "bad_field"),             # would land in provenance
+        (variant(lambda r: r.update(html="x")), "missing_field"),
+        (variant(lambda r: r.update(pad="y" * 300_000)), "too_large"),                   # over --max-line-bytes
+    ]
+    lines = [json.dumps(r) for r in good] + [line for line, _ in cases]
+    path.write_text("\n".join(lines) + "\n")
+    return src, {len(good) + 1 + i: reason for i, (_, reason) in enumerate(cases)}
+
+
+def test_every_malformed_line_is_a_counted_skip(hostile_fintabnet, tmp_path):
+    src, expected = hostile_fintabnet
+    summary = _build(src, tmp_path / "c", max_line_bytes=200_000)
+    assert summary["num_samples"] == 4 and summary["num_read"] == 4 + len(expected)
+    got = _skips(tmp_path / "c")
+    assert {n: reason for n, (reason, _) in got.items()} == expected, got
+
+
+def test_page_mode_streams_hostile_lines_too(hostile_fintabnet, tmp_path):
+    src, expected = hostile_fintabnet
+    summary = _build(src, tmp_path / "c", mode="page", max_line_bytes=200_000)
+    assert summary["num_samples"] == 4 and summary["num_read"] == 4 + len(expected)
+    assert {n: reason for n, (reason, _) in _skips(tmp_path / "c").items()} == expected
+
+
+def test_huge_page_is_refused_before_rendering(real_source, tmp_path):
+    """A 5000 x 5000 pt page in page mode at 72 dpi: 25M pixels, over --max-pixels 1M: too_large, nothing rendered."""
+    from reportlab.pdfgen import canvas
+
+    src = tmp_path / "src"
+    shutil.copytree(real_source, src)
+    rec = json.loads((src / "FinTabNet_1.0.0_table_val.jsonl").read_text().splitlines()[0])
+    c = canvas.Canvas(str(src / "pdf" / rec["filename"]), pagesize=(5000, 5000))
+    c.drawString(100, 100, "x")
+    c.save()
+    (src / "FinTabNet_1.0.0_table_val.jsonl").write_text(json.dumps(rec) + "\n")
+    summary = _build(src, tmp_path / "c", mode="page", max_pixels=1_000_000)
+    assert summary["num_samples"] == 0 and summary["skipped"] == {"too_large": 1}
+    assert "max-pixels" in _skips(tmp_path / "c")[1][1]
+
+
+def _pubtabnet_source(root, image_name):
+    (root / "val").mkdir(parents=True)
+    rec = {"filename": image_name, "split": "val", "imgid": 1,
+           "html": {"structure": {"tokens": ["<tr>", "<td>", "</td>", "</tr>"]},
+                    "cells": [{"tokens": ["a"], "bbox": [1, 1, 5, 5]}]}}
+    (root / "PubTabNet_2.0.0.jsonl").write_text(json.dumps(rec) + "\n")
+    return root / "val" / image_name
+
+
+def test_huge_pubtabnet_image_is_refused_from_its_header(tmp_path, monkeypatch):
+    from ddcache import page
+
+    src = tmp_path / "ptn"
+    _huge = _huge_white_png(30000, 30000)
+    _pubtabnet_source(src, "big.png").write_bytes(_huge)
+
+    def no_decode(*args, **kw):
+        raise AssertionError("the image was decoded")
+
+    monkeypatch.setattr(page.cv2, "imdecode", no_decode)
+    monkeypatch.setattr(page.cv2, "imread", no_decode)
+    summary = _build(src, tmp_path / "c", dataset="pubtabnet", dpi="auto")
+    assert summary["skipped"] == {"too_large": 1}
+
+
+def test_fifo_as_pubtabnet_image_is_a_skip_not_a_hang(tmp_path):
+    src = tmp_path / "ptn"
+    os.mkfifo(_pubtabnet_source(src, "fifo.png"))
+    r = subprocess.run([sys.executable, "-m", "ddcache.cli_main", "build", "pubtabnet", "--source", str(src), "--split", "val",
+                        "--out", str(tmp_path / "c"), "--workers", "1", "--quiet"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert _skips(tmp_path / "c")[1][0] == "corrupt_file"

@@ -3,13 +3,22 @@
 A reader turns one raw annotation line into a :class:`TableAnnotation` (in
 the dataset's own coordinates) and opens the page it lives on. Everything
 after that (rendering, cropping, encoding, storing) is dataset-independent.
+
+Annotation lines are untrusted input: every field a reader takes is checked
+here (:func:`parse_box`, :func:`text_field`, :func:`id_field`,
+:func:`cells_from_html`), so a malformed line becomes a counted skip with a
+reason and its line number, never an exception that stops a build.
 """
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SkipSample, UserError
-from ..grid import StructureError, first_row_as_header, layout
+from ..grid import GridTooLargeError, StructureError, first_row_as_header, layout
+from ..input_limits import MAX_COORDINATE, MAX_GRID, MAX_LINE_BYTES
+from ..regular_file import open_regular
+from ..schema import INT64_MAX, MAX_TEXT
 
 
 @dataclass
@@ -52,40 +61,127 @@ class AnnotationLine:
     line_no: int
     record: object  # the decoded JSON object, or None when ``error`` is set
     error: str = ""
+    reason: str = "malformed_json"  # the skip reason when ``record`` is None
 
     @property
     def page_key(self):
-        return self.record.get("filename") if isinstance(self.record, dict) else None
+        name = self.record.get("filename") if isinstance(self.record, dict) else None
+        return name if isinstance(name, str) else None
 
 
-def read_jsonl(path, display_name):
-    """Yield :class:`AnnotationLine` for each line of ``path`` (blank lines are not annotations)."""
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
+def read_jsonl(path, display_name, max_line_bytes=MAX_LINE_BYTES):
+    """Yield :class:`AnnotationLine` for each line of ``path`` (blank lines are not annotations).
+
+    A line longer than ``max_line_bytes`` is not parsed (reason
+    ``too_large``; its bytes are skipped in 1 MB reads, never held), and JSON
+    nested too deeply for the parser is ``malformed_json``, like any other
+    line that is not one JSON object.
+    """
+    with open_regular(path) as f:
+        line_no = 0
+        while True:
+            raw = f.readline(max_line_bytes + 1)
+            if not raw:
+                return
+            line_no += 1
+            if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+                size = len(raw) + _skip_rest_of_line(f)
+                yield AnnotationLine(display_name, line_no, None, f"{size} bytes, over --max-line-bytes {max_line_bytes}",
+                                     reason="too_large")
+                continue
             if not raw.strip():
                 continue
             try:
                 record = json.loads(raw)
                 if not isinstance(record, dict):
                     raise ValueError("not a JSON object")
-                yield AnnotationLine(display_name, line_no, record)
-            except ValueError as exc:
-                yield AnnotationLine(display_name, line_no, None, f"{exc}"[:200])
+            except (ValueError, RecursionError) as exc:
+                yield AnnotationLine(display_name, line_no, None, f"{type(exc).__name__}: {exc}"[:200])
+                continue
+            yield AnnotationLine(display_name, line_no, record)
 
 
-def cells_from_html(html, first_row_header=False):
+def _skip_rest_of_line(f):
+    """Read past the end of the current line; return the bytes skipped."""
+    skipped = 0
+    while True:
+        chunk = f.readline(1 << 20)
+        skipped += len(chunk)
+        if not chunk or chunk.endswith(b"\n"):
+            return skipped
+
+
+def parse_box(value, what, strict=False):
+    """A source box ``[x0, y0, x1, y1]`` -> tuple of 4 floats; SkipSample('bad_box') otherwise.
+
+    Each coordinate must be a finite number (not a bool, a string or a huge
+    integer) of magnitude at most ``MAX_COORDINATE``, and the box not
+    inverted (``strict``: not empty either).
+    """
+    if not (isinstance(value, (list, tuple)) and len(value) == 4):
+        raise SkipSample("bad_box", f"{what}: {_short(value)} is not 4 numbers")
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise SkipSample("bad_box", f"{what}: {_short(value)} is not 4 numbers")
+        try:
+            f = float(v)
+        except OverflowError:
+            f = math.inf
+        if not (math.isfinite(f) and abs(f) <= MAX_COORDINATE):
+            raise SkipSample("bad_box", f"{what}: coordinate {_short(v)} is not a finite number within +-{MAX_COORDINATE:g}")
+        out.append(f)
+    x0, y0, x1, y1 = out
+    if x1 < x0 or y1 < y0 or (strict and (x1 == x0 or y1 == y0)):
+        raise SkipSample("bad_box", f"{what}: inverted {_short(value)}")
+    return tuple(out)
+
+
+def text_field(record, name, required=True, max_len=MAX_TEXT):
+    """``record[name]`` if it is a non-empty string (SkipSample 'missing_field' / 'bad_field' otherwise); None if optional and absent."""
+    if name not in record or record[name] is None:
+        if required:
+            raise SkipSample("missing_field", name)
+        return None
+    value = record[name]
+    if not isinstance(value, str) or not value or len(value) > max_len:
+        raise SkipSample("bad_field", f"{name} is {_short(value)}, expected a non-empty string of at most {max_len} characters")
+    return value
+
+
+def id_field(record, name):
+    """``record[name]`` as provenance may hold it (None, an int64 or a short string); SkipSample('bad_field') otherwise."""
+    value = record.get(name)
+    if value is None or (isinstance(value, str) and len(value) <= 256):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= INT64_MAX:
+        return value
+    raise SkipSample("bad_field", f"{name} is {_short(value)}, expected an integer or a short string")
+
+
+def _short(value):
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10 ** 30 else f"an integer of {len(str(abs(value)))} digits"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def cells_from_html(html, first_row_header=False, max_grid=MAX_GRID):
     """PubTabNet-style ``html`` -> (cells, num_rows, num_cols) with boxes in source units.
 
     Raises SkipSample for structure problems (bad tokens, cell count mismatch,
-    malformed boxes, no boxed cell).
+    malformed boxes, no boxed cell) and ``too_large`` for a grid of more than
+    ``max_grid`` slots.
     """
+    structure = html.get("structure") if isinstance(html, dict) else None
+    tokens = structure.get("tokens") if isinstance(structure, dict) else None
+    html_cells = html.get("cells") if isinstance(html, dict) else None
+    if tokens is None or html_cells is None:
+        raise SkipSample("missing_field", "html.structure.tokens or html.cells")
+    if not isinstance(html_cells, list):
+        raise SkipSample("bad_structure", f"html.cells is {type(html_cells).__name__}, expected a list")
     try:
-        tokens = html["structure"]["tokens"]
-        html_cells = html["cells"]
-    except (KeyError, TypeError):
-        raise SkipSample("missing_field", "html.structure.tokens or html.cells") from None
-    try:
-        grid = layout(tokens)
+        grid = layout(tokens, max_grid)
+    except GridTooLargeError as exc:
+        raise SkipSample("too_large", f"{exc} (--max-grid)") from None
     except StructureError as exc:
         raise SkipSample("bad_structure", str(exc)) from None
     if first_row_header:
@@ -94,14 +190,15 @@ def cells_from_html(html, first_row_header=False):
         raise SkipSample("cell_count_mismatch", f"{len(grid.cells)} <td> in structure, {len(html_cells)} cells")
     cells = []
     for gc, hc in zip(grid.cells, html_cells):
-        bbox = hc.get("bbox") if isinstance(hc, dict) else None
+        if not isinstance(hc, dict):
+            raise SkipSample("bad_structure", f"cell {gc.index} is {type(hc).__name__}, expected an object")
+        bbox = hc.get("bbox")
         if bbox is not None:
-            if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
-                raise SkipSample("bad_box", f"cell {gc.index}: {bbox!r}")
-            if bbox[2] < bbox[0] or bbox[3] < bbox[1]:
-                raise SkipSample("bad_box", f"cell {gc.index}: inverted {bbox!r}")
-            bbox = tuple(float(v) for v in bbox)
-        text = "".join(t for t in hc.get("tokens", []) if not (t.startswith("<") and t.endswith(">"))) if isinstance(hc, dict) else ""
+            bbox = parse_box(bbox, f"cell {gc.index}")
+        tokens = hc.get("tokens", [])
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise SkipSample("bad_structure", f"cell {gc.index}: tokens are not a list of strings")
+        text = "".join(t for t in tokens if not (t.startswith("<") and t.endswith(">")))
         cells.append(Cell(bbox, gc.row, gc.col, gc.row_span, gc.col_span, gc.header, text))
     if not any(c.bbox is not None for c in cells):
         raise SkipSample("no_cells", "no cell has a box")

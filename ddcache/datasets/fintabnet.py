@@ -8,7 +8,9 @@ from pathlib import Path
 from ..errors import UserError
 from ..geometry import union
 from ..page import PdfPage
-from .base import DatasetReader, SkipSample, TableAnnotation, cells_from_html, read_jsonl, safe_join
+from ..input_limits import MAX_GRID, MAX_LINE_BYTES
+from .base import (DatasetReader, SkipSample, TableAnnotation, cells_from_html, id_field, parse_box, read_jsonl,
+                   safe_join, text_field)
 
 _FILE = "FinTabNet_1.0.0_{kind}_{split}.jsonl"
 
@@ -46,25 +48,26 @@ class FinTabNetReader(DatasetReader):
 
     def annotation_lines(self, source, split, options):
         path = self.annotation_path(source, split, options)
-        yield from read_jsonl(path, path.name)
+        yield from read_jsonl(path, path.name, options.get("max_line_bytes", MAX_LINE_BYTES))
 
     def parse(self, line, options):
         rec = line.record
-        for key in ("html", "filename"):
-            if key not in rec:
-                raise SkipSample("missing_field", key)
-        cells, num_rows, num_cols = cells_from_html(rec["html"], options.get("first_row_header", False))
+        if "html" not in rec:
+            raise SkipSample("missing_field", "html")
+        filename = text_field(rec, "filename")
+        cells, num_rows, num_cols = cells_from_html(rec["html"], options.get("first_row_header", False),
+                                                    options.get("max_grid", MAX_GRID))
         bbox = rec.get("bbox")
         if bbox is None:
             bbox = union([c.bbox for c in cells if c.bbox is not None])
-        elif not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and bbox[2] > bbox[0] and bbox[3] > bbox[1]):
-            raise SkipSample("bad_box", f"table bbox {bbox!r}")
+        else:
+            bbox = parse_box(bbox, "table bbox", strict=True)
         return TableAnnotation(
-            source_file=rec["filename"],
+            source_file=filename,
             line_no=line.line_no,
             annotation_file=line.annotation_file,
-            split=rec.get("split", ""),
-            table_id=rec.get("table_id"),
+            split=text_field(rec, "split", required=False) or "",
+            table_id=id_field(rec, "table_id"),
             table_bbox=tuple(float(v) for v in bbox),
             cells=cells,
             num_rows=num_rows,

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..page import RasterPage
-from .base import DatasetReader, SkipSample, TableAnnotation, cells_from_html, read_jsonl, safe_join
+from ..input_limits import MAX_GRID, MAX_LINE_BYTES
+from .base import DatasetReader, SkipSample, TableAnnotation, cells_from_html, id_field, read_jsonl, safe_join, text_field
 
 _FILE = "PubTabNet_2.0.0.jsonl"
 
@@ -34,23 +35,23 @@ class PubTabNetReader(DatasetReader):
             raise UserError(f"{source / _FILE} not found: is {source} an unpacked PubTabNet directory?")
 
     def annotation_lines(self, source, split, options):
-        for line in read_jsonl(Path(source) / _FILE, _FILE):
+        for line in read_jsonl(Path(source) / _FILE, _FILE, options.get("max_line_bytes", MAX_LINE_BYTES)):
             if line.record is not None and line.record.get("split") != split:
                 continue  # other splits are not part of this build at all (not read, not skipped)
             yield line
 
     def parse(self, line, options):
         rec = line.record
-        for key in ("html", "filename", "split"):
-            if key not in rec:
-                raise SkipSample("missing_field", key)
-        cells, num_rows, num_cols = cells_from_html(rec["html"])
+        if "html" not in rec:
+            raise SkipSample("missing_field", "html")
+        filename, split = text_field(rec, "filename"), text_field(rec, "split")
+        cells, num_rows, num_cols = cells_from_html(rec["html"], max_grid=options.get("max_grid", MAX_GRID))
         return TableAnnotation(
-            source_file=f"{rec['split']}/{rec['filename']}",
+            source_file=f"{split}/{filename}",
             line_no=line.line_no,
             annotation_file=line.annotation_file,
-            split=rec["split"],
-            table_id=rec.get("imgid"),
+            split=split,
+            table_id=id_field(rec, "imgid"),
             table_bbox=None,  # the whole image, known once it is opened
             cells=cells,
             num_rows=num_rows,
