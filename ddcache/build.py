@@ -18,7 +18,6 @@ Guarantees and how they are kept:
 * **Nothing lost**: every annotation line read is either written or skipped
   with a reason (``num_read == num_tables_written + sum(skipped)``).
 """
-import errno
 import json
 import multiprocessing as mp
 import os
@@ -32,12 +31,14 @@ import lmdb
 
 from . import __version__
 from . import categories as C
+from .cache_dir import BuildLock, partial_dir, prepare, publish, write_failure
 from .codec import checksum, encode_record, ENCODINGS
 from .crop import make_page_sample, make_table_sample
 from .datasets import get_reader
 from .errors import SkipSample, UserError
 from .input_limits import MAX_GRID, MAX_LINE_BYTES, MAX_PIXELS
-from .manifest import SKIP_REPORT_NAME, append_record, new_manifest, read_manifest, record_key, write_manifest
+from .manifest import SKIP_REPORT_NAME, append_record, new_manifest, record_key, write_manifest
+from .output_dir import check_disjoint
 
 FILTERS = ("min_rows", "max_rows", "min_cols", "max_cols", "min_cells", "max_cells")
 
@@ -288,21 +289,13 @@ def _fresh_progress():
     return {"tasks": 0, "read": 0, "written": 0, "tables": 0, "skipped": {}, "boxes": {}, "dropped_boxes": 0, "bytes": 0, "done": False}
 
 
-def _check_out(opts):
-    out = Path(opts.out)
-    if not opts.out:
-        raise UserError("--out is required")
-    if out.exists() and not opts.overwrite:
-        raise UserError(f"{out} already exists (use --overwrite to replace it)")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create {out.parent}: {exc.strerror}") from None
-    return out, out.with_name(out.name + ".partial")
-
-
 def build_cache(opts, progress=True, echo=print):
-    """Build (or resume) the cache described by ``opts``; returns the manifest's counts + paths."""
+    """Build (or resume) the cache described by ``opts``; returns the manifest's counts + paths.
+
+    ``--out`` may not overlap ``--source``; one build per ``--out`` at a time
+    (``cache_dir.BuildLock``); ``--overwrite`` replaces only a cache; a full
+    disk ends with one line and the next run resumes.
+    """
     reader = get_reader(opts.dataset)
     if opts.mode not in reader.modes:
         raise UserError(f"{reader.name} supports --mode {' / '.join(reader.modes)}, not {opts.mode!r}")
@@ -311,18 +304,26 @@ def build_cache(opts, progress=True, echo=print):
     shard_i, shard_n = opts.shard
     if not (shard_n >= 1 and 0 <= shard_i < shard_n):
         raise UserError(f"--shard {shard_i}/{shard_n}: expected I/N with 0 <= I < N")
+    if not opts.out:
+        raise UserError("--out is required")
     reader.check_source(opts.source, opts.split, _reader_options(opts))
-    out, partial = _check_out(opts)
+    out = Path(opts.out)
+    partial = partial_dir(out)
+    for target in (out, partial):
+        check_disjoint(target, [opts.source], "--out", "--source")
     try:
-        return _build(reader, opts, out, partial, progress, echo)
+        out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise UserError(f"no space left on device while writing {partial}; free space and re-run to resume") from None
-        raise
-    except lmdb.Error as exc:
-        if "No space left" in str(exc):
-            raise UserError(f"no space left on device while writing {partial}; free space and re-run to resume") from None
-        raise
+        raise UserError(f"cannot create {out.parent}: {exc.strerror}") from None
+    with BuildLock(out):
+        prepare(out, opts.overwrite)
+        try:
+            return _build(reader, opts, out, partial, progress, echo)
+        except (OSError, lmdb.Error) as exc:
+            failure = write_failure(exc, partial)
+            if failure is None:
+                raise
+            raise failure from None
 
 
 def _build(reader, opts, out, partial, progress, echo):
@@ -450,13 +451,5 @@ def _publish(reader, opts, writer, state, out, partial):
     writer.close()
     writer.env = None
     write_manifest(partial, manifest)
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(out, old)
-        os.replace(partial, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(partial, out)
+    publish(partial, out)
     return {"out": str(out), **manifest["counts"]}

@@ -368,15 +368,16 @@ def test_damaged_lmdb_page_is_one_line_not_a_crash(case, deep_cache, tmp_path):
 
 
 def test_lmdb_fuzz_never_crashes_a_reader(deep_cache, tmp_path):
-    """Every bit of the branch root and one leaf (header, node offsets, node headers): a reader errors or reads, never dies.
+    """Every bit of the branch root's header, node offsets and node headers: a reader errors or reads, never dies.
 
-    Without the structural check ~10% of these flips kill the reader inside LMDB (SIGBUS / SIGABRT).
+    Without the structural check (``store.check_lmdb_file``) ~2% of these flips kill the reader inside LMDB
+    (SIGBUS / SIGABRT).
     """
     inline, _ = deep_cache
     data = (inline / "data.mdb").read_bytes()
     pages = _pages(inline)
     offsets = []
-    for p, _, lower, _ in [next(pg for pg in pages if pg[1] == 1), next(pg for pg in pages if pg[1] == 2)]:
+    for p, _, lower, _ in [next(pg for pg in pages if pg[1] == 1)]:
         offsets += [p * 4096 + o for o in range(lower)]
         for i in range((lower - 16) // 2):
             ptr = struct.unpack_from("<H", data, p * 4096 + 16 + 2 * i)[0]
@@ -385,7 +386,8 @@ def test_lmdb_fuzz_never_crashes_a_reader(deep_cache, tmp_path):
     work.mkdir()
     code = (
         "import os, sys, lmdb\n"
-        "from ddcache.lmdb_file import DamagedFileError, check_data_file\n"
+        "from ddcache.errors import UserError\n"
+        "from ddcache.store import check_lmdb_file\n"
         f"data = open({str(inline / 'data.mdb')!r}, 'rb').read(); work = {str(work)!r}\n"
         f"died = []\n"
         f"for off in {sorted(set(offsets))!r}:\n"
@@ -396,12 +398,12 @@ def test_lmdb_fuzz_never_crashes_a_reader(deep_cache, tmp_path):
         "        if pid == 0:\n"
         "            os.dup2(os.open(os.devnull, os.O_WRONLY), 2)\n"
         "            try:\n"
-        "                check_data_file(work + '/data.mdb')\n"
+        "                check_lmdb_file(work)\n"
         "                env = lmdb.open(work, readonly=True, lock=False)\n"
         "                with env.begin() as txn:\n"
         "                    [txn.get(b'%08d' % i) for i in range(21)]\n"
         "                    [kv for kv in txn.cursor()]\n"
-        "            except (DamagedFileError, lmdb.Error):\n"
+        "            except (UserError, lmdb.Error):\n"
         "                pass\n"
         "            os._exit(0)\n"
         "        if os.waitpid(pid, 0)[1]:\n"
@@ -569,3 +571,188 @@ def test_fifo_as_pubtabnet_image_is_a_skip_not_a_hang(tmp_path):
                         "--out", str(tmp_path / "c"), "--workers", "1", "--quiet"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert _skips(tmp_path / "c")[1][0] == "corrupt_file"
+
+
+# ---------------------------------------------------------------- builds never delete what ddcache did not create
+
+
+def test_overwrite_refuses_a_directory_that_is_not_a_cache(real_source, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    code, _, err = cli(capsys, "build", "fintabnet", "--source", real_source, "--split", "val", "--out", mine,
+                       "--overwrite", "--quiet")
+    assert_one_line(code, err, 2, "not a ddcache cache")
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    partial = tmp_path / "other.partial"
+    partial.mkdir()
+    (partial / "notes.txt").write_text("x")
+    code, _, err = cli(capsys, "build", "fintabnet", "--source", real_source, "--split", "val",
+                       "--out", tmp_path / "other", "--overwrite", "--quiet")
+    assert_one_line(code, err, 2, "not an unfinished ddcache build")
+    assert (partial / "notes.txt").exists()
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "containing"])
+def test_out_may_not_overlap_the_source(where, real_source, tmp_path, capsys):
+    src = tmp_path / "raw" / "fintabnet"
+    shutil.copytree(real_source, src)
+    out = {"same": src, "inside": src / "cache", "containing": tmp_path / "raw"}[where]
+    before = sorted(p.name for p in src.rglob("*"))
+    code, _, err = cli(capsys, "build", "fintabnet", "--source", src, "--split", "val", "--out", out, "--overwrite",
+                       "--quiet")
+    assert_one_line(code, err, 2, {"same": "same directory", "inside": "lies inside", "containing": "contains"}[where])
+    assert sorted(p.name for p in src.rglob("*")) == before
+
+
+def test_export_never_deletes_a_cache(good_cache, tmp_path, capsys):
+    cache = tmp_path / "c"
+    shutil.copytree(good_cache, cache)
+    other = make_cache(tmp_path / "other", 1)
+    for out, message in ((cache, "same directory"), (cache / "sub", "lies inside"), (tmp_path, "contains"),
+                         (other, "not an export")):
+        code, _, err = cli(capsys, "export", cache, "--out", out, "--overwrite")
+        assert_one_line(code, err, 2, message)
+    for c in (cache, other):
+        assert cli(capsys, "verify", c, "--quiet")[0] == 0
+    assert cli(capsys, "export", cache, "--out", tmp_path / "e")[0] == 0
+    assert cli(capsys, "export", cache, "--out", tmp_path / "e", "--overwrite")[0] == 0  # an export may be replaced
+
+
+_KILL_AFTER = """
+import os, signal, sys
+k, out = int(sys.argv[1]), sys.argv[2]
+import ddcache.cache_dir as cache_dir
+count = [0]
+def counted(fn):
+    def run(*args, **kw):
+        result = fn(*args, **kw)
+        if any(out in str(a) for a in args):
+            count[0] += 1
+            if count[0] == k:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return result
+    return run
+for name in ("rename", "replace", "unlink", "rmdir"):
+    setattr(os, name, counted(getattr(os, name)))
+cache_dir._mark = counted(cache_dir._mark)
+cache_dir._exchange = counted(cache_dir._exchange)
+from ddcache.cli import run
+sys.argv = ["ddcache", "build", *sys.argv[3:]]
+run()
+"""
+
+
+@pytest.mark.parametrize("replace", [True, False])
+def test_a_kill_at_any_filesystem_step_leaves_a_complete_cache_and_no_strays(replace, real_source, tmp_path):
+    """SIGKILL right after the k-th rename / unlink / marker / swap touching OUT, for every k until the build finishes.
+
+    After each kill OUT is absent (first build) or a complete cache (old or new); re-running the same command
+    leaves exactly OUT, with the new records, and no OUT.old / .partial / .replaced / .lock.
+    """
+    from ddcache.build import BuildOptions, build_cache
+    from ddcache.manifest import read_manifest
+    from ddcache.verify import verify_cache
+
+    out = tmp_path / "caches" / "c"
+    args = ["fintabnet", "--source", str(real_source), "--split", "val", "--out", str(out), "--workers", "1",
+            "--dpi", "72", "--quiet", "--overwrite"]
+    k = 0
+    while True:
+        k += 1
+        if out.exists():
+            shutil.rmtree(out)
+        if replace:  # an old cache (2 samples) to be replaced by the new one (4 samples)
+            build_cache(BuildOptions(dataset="fintabnet", source=str(real_source), split="val", out=str(out),
+                                     workers=1, dpi=72, max_datapoints=2), progress=False)
+        r = subprocess.run([sys.executable, "-c", _KILL_AFTER, str(k), str(out), *args], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode in (0, -9), r.stderr
+        names = {p.name for p in out.parent.iterdir()}
+        assert "c.old" not in names
+        if out.exists():
+            assert verify_cache(out) == []
+            assert read_manifest(out)["counts"]["num_samples"] in ((2, 4) if replace else (4,))
+        else:
+            assert not replace, f"kill point {k}: OUT vanished"
+        build_cache(BuildOptions(dataset="fintabnet", source=str(real_source), split="val", out=str(out), workers=1,
+                                 dpi=72, overwrite=True), progress=False)
+        assert {p.name for p in out.parent.iterdir()} == {"c"}, (k, sorted(out.parent.iterdir()))
+        assert read_manifest(out)["counts"]["num_samples"] == 4
+        if r.returncode == 0:
+            break
+    assert k >= (8 if replace else 3)  # the loop really went through the publish steps
+
+
+def test_a_second_build_to_the_same_out_is_refused(real_source, tmp_path, capsys):
+    from ddcache.cache_dir import BuildLock
+
+    out = tmp_path / "c"
+    with BuildLock(out):  # a build in progress
+        code, _, err = cli(capsys, "build", "fintabnet", "--source", real_source, "--split", "val", "--out", out,
+                           "--quiet")
+        assert_one_line(code, err, 2, "another build is writing")
+        assert not (tmp_path / "c.partial").exists()
+    (tmp_path / "c.lock").write_text("12345\n")  # a stale lock file left by a SIGKILLed build: no holder
+    code, _, err = cli(capsys, "build", "fintabnet", "--source", real_source, "--split", "val", "--out", out, "--quiet")
+    assert code == 0, err
+    assert {p.name for p in tmp_path.iterdir()} == {"c"}
+
+
+def test_two_concurrent_builds_one_wins_the_other_is_one_line(real_source, tmp_path):
+    """Two real processes: the first holds the lock (paused inside the build), the second is refused at once."""
+    out, go = tmp_path / "c", tmp_path / "go"
+    pause = (
+        "import sys, time, pathlib\n"
+        "import ddcache.cache_dir as cd\n"
+        "real = cd.prepare\n"
+        "def prepare(*a, **kw):\n"
+        "    print('locked', flush=True)\n"
+        f"    while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.01)\n"
+        "    return real(*a, **kw)\n"
+        "cd.prepare = prepare\n"
+        "import ddcache.build; ddcache.build.prepare = prepare\n"
+        "from ddcache.cli import run\n"
+        f"sys.argv = ['ddcache', 'build', 'fintabnet', '--source', {str(real_source)!r}, '--split', 'val', "
+        f"'--out', {str(out)!r}, '--workers', '1', '--quiet']\n"
+        "run()\n"
+    )
+    first = subprocess.Popen([sys.executable, "-c", pause], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "locked"
+        code, err = cli_child("build", "fintabnet", "--source", real_source, "--split", "val", "--out", out, "--quiet")
+        assert code == 2 and "another build is writing" in err and "Traceback" not in err, err
+        assert len(error_lines(err)) == 1
+        go.write_text("")
+        assert first.wait(timeout=120) == 0, first.stderr.read()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert {p.name for p in tmp_path.iterdir()} == {"c", "go"}
+
+
+def test_full_disk_is_one_line_and_the_build_resumes(replicated_source, tmp_path):
+    """A 600 KB tmpfs (private mount namespace): the build stops with the no-space line; with room it resumes."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1)")
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("user + mount namespaces are not available here")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    build = (f"{sys.executable} -m ddcache.cli_main build fintabnet --source {replicated_source} --split val "
+             f"--out {mnt}/c --workers 1 --dpi 72 --quiet")
+    script = (f"mount -t tmpfs -o size=600k tmpfs {mnt} || exit 99\n"
+              f"{build}; echo first=$?\n"
+              f"mount -o remount,size=64m {mnt}\n"
+              f"{build}; echo second=$?\n"
+              f"{sys.executable} -m ddcache.cli_main verify {mnt}/c --quiet; echo verify=$?\n")
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300)
+    if r.returncode == 99:
+        pytest.skip("cannot mount a tmpfs here")
+    assert "first=2" in r.stdout and "second=0" in r.stdout and "verify=0" in r.stdout, r.stdout + r.stderr
+    errors = error_lines(r.stderr)
+    assert "Traceback" not in r.stderr
+    assert any("no space left on device" in line and "re-run to resume" in line for line in errors), errors
+    assert any(line.startswith("resuming ") for line in errors), errors
