@@ -36,7 +36,8 @@ from .codec import checksum, encode_record, ENCODINGS
 from .crop import make_page_sample, make_table_sample
 from .datasets import get_reader
 from .errors import SkipSample, UserError
-from .input_limits import MAX_GRID, MAX_LINE_BYTES, MAX_PIXELS
+from .datasets.base import LineRef, read_line
+from .input_limits import MAX_GRID, MAX_LINE_BYTES, MAX_PIXELS, MAX_TABLES_PER_PAGE
 from .manifest import SKIP_REPORT_NAME, append_record, new_manifest, record_key, write_manifest
 from .output_dir import check_disjoint
 
@@ -95,7 +96,7 @@ class BuildOptions:
 
 @dataclass
 class Task:
-    """One unit of work: one annotation line (table mode) or all lines of one page (page mode)."""
+    """One unit of work: one annotation line (table mode) or all lines of one page (page mode, as LineRefs)."""
 
     seq: int
     lines: list
@@ -112,18 +113,17 @@ def iter_tasks(reader, opts):
                 yield Task(seq, [line])
             seq += 1
         return
-    # Page mode: a page's tables may be anywhere in the file; group by page
-    # (first appearance order). Only references are kept, not pixels.
-    pages, order = {}, []
+    # Page mode: a page's tables may be anywhere in the file, so lines are grouped by page (first appearance
+    # order) before the first task. Only each line's position (LineRef) is kept, never the parsed line (20K
+    # lines held ~830 MB that way); the worker reads its page's lines again. Unparsed lines are kept as they are
+    # (no record: a few bytes), and a line without a usable filename is a page of its own.
+    pages = {}
     for line in lines:
-        key = line.page_key or f"__line_{line.line_no}"
-        if key not in pages:
-            pages[key] = []
-            order.append(key)
-        pages[key].append(line)
-    for seq, key in enumerate(order):
+        key = line.page_key or ("line", line.line_no)
+        pages.setdefault(key, []).append(line.ref() if line.record is not None else line)
+    for seq, refs in enumerate(pages.values()):
         if seq % shard_n == shard_i:
-            yield Task(seq, pages[key])
+            yield Task(seq, refs)
 
 
 def _reader_options(opts):
@@ -176,7 +176,12 @@ def process_task(task):
     """
     opts, reader = _WORKER["opts"], _WORKER["reader"]
     skips, anns = [], []
-    for line in task.lines:
+    for n, line in enumerate(task.lines):
+        if n >= MAX_TABLES_PER_PAGE:  # not even read again: a page of 20K "tables" is hostile input
+            skips.append(_skip(line, "too_large", f"page has more than {MAX_TABLES_PER_PAGE} tables"))
+            continue
+        if isinstance(line, LineRef):
+            line = read_line(line, opts.max_line_bytes)
         if line.record is None:
             skips.append(_skip(line, line.reason, line.error))
             continue

@@ -13,4 +13,5 @@ from .schema import MAX_IMAGE_PIXELS
 MAX_LINE_BYTES = 4 << 20  # one annotation line (real lines: a few KB to ~200 KB); json.loads holds ~25x this
 MAX_GRID = 100_000  # rows x columns of one table, every slot of a spanning cell counted
 MAX_PIXELS = MAX_IMAGE_PIXELS  # one render (table crop or page) and one decoded raster source image
+MAX_TABLES_PER_PAGE = 1000  # page mode: lines naming one page (real pages: a handful)
 MAX_COORDINATE = 1e9  # |coordinate| of a box, in source units (points / pixels)

@@ -62,11 +62,27 @@ class AnnotationLine:
     record: object  # the decoded JSON object, or None when ``error`` is set
     error: str = ""
     reason: str = "malformed_json"  # the skip reason when ``record`` is None
+    path: str = ""  # the file it was read from and where it starts in it (see LineRef)
+    offset: int = -1
 
     @property
     def page_key(self):
         name = self.record.get("filename") if isinstance(self.record, dict) else None
         return name if isinstance(name, str) else None
+
+    def ref(self):
+        """Where this line is, to be read again with :func:`read_line` (a few bytes instead of the parsed line)."""
+        return LineRef(self.annotation_file, self.line_no, self.path, self.offset)
+
+
+@dataclass(frozen=True)
+class LineRef:
+    """The position of an annotation line: page mode groups these, not parsed lines, and workers re-read them."""
+
+    annotation_file: str
+    line_no: int
+    path: str
+    offset: int
 
 
 def read_jsonl(path, display_name, max_line_bytes=MAX_LINE_BYTES):
@@ -78,27 +94,49 @@ def read_jsonl(path, display_name, max_line_bytes=MAX_LINE_BYTES):
     line that is not one JSON object.
     """
     with open_regular(path) as f:
-        line_no = 0
+        line_no, offset = 0, 0
         while True:
-            raw = f.readline(max_line_bytes + 1)
-            if not raw:
-                return
             line_no += 1
-            if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
-                size = len(raw) + _skip_rest_of_line(f)
-                yield AnnotationLine(display_name, line_no, None, f"{size} bytes, over --max-line-bytes {max_line_bytes}",
-                                     reason="too_large")
-                continue
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-                if not isinstance(record, dict):
-                    raise ValueError("not a JSON object")
-            except (ValueError, RecursionError) as exc:
-                yield AnnotationLine(display_name, line_no, None, f"{type(exc).__name__}: {exc}"[:200])
-                continue
-            yield AnnotationLine(display_name, line_no, record)
+            line, offset = _read_one(f, display_name, line_no, str(path), offset, max_line_bytes)
+            if line is None:
+                return
+            if line is not _BLANK:
+                yield line
+
+
+def read_line(ref, max_line_bytes=MAX_LINE_BYTES):
+    """The :class:`AnnotationLine` at ``ref`` (a :class:`LineRef` from :meth:`AnnotationLine.ref`), read again."""
+    with open_regular(ref.path) as f:
+        f.seek(ref.offset)
+        line, _ = _read_one(f, ref.annotation_file, ref.line_no, ref.path, ref.offset, max_line_bytes)
+    if line is None or line is _BLANK:
+        return AnnotationLine(ref.annotation_file, ref.line_no, None, "the line changed since it was read", path=ref.path,
+                              offset=ref.offset)
+    return line
+
+
+_BLANK = object()
+
+
+def _read_one(f, display_name, line_no, path, offset, max_line_bytes):
+    """Read and parse the line at the file position ``offset``: (AnnotationLine, None at EOF or _BLANK; next offset)."""
+    raw = f.readline(max_line_bytes + 1)
+    if not raw:
+        return None, offset
+    where = {"path": path, "offset": offset}
+    if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+        size = len(raw) + _skip_rest_of_line(f)
+        return AnnotationLine(display_name, line_no, None, f"{size} bytes, over --max-line-bytes {max_line_bytes}",
+                              reason="too_large", **where), offset + size
+    if not raw.strip():
+        return _BLANK, offset + len(raw)
+    try:
+        record = json.loads(raw)
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, RecursionError) as exc:
+        return AnnotationLine(display_name, line_no, None, f"{type(exc).__name__}: {exc}"[:200], **where), offset + len(raw)
+    return AnnotationLine(display_name, line_no, record, **where), offset + len(raw)
 
 
 def _skip_rest_of_line(f):
