@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 
 from cache_factory import make_cache, make_sample, write_records
-from ddcache import categories as C
-from ddcache.codec import checksum, decode_record, encode_record
+from ddcache.codec import decode_record, encode_record
 from ddcache.errors import CorruptRecordError, UserError
 from ddcache.schema import MAX_IMAGE_PIXELS
 
