@@ -10,7 +10,7 @@ setup(
     packages=find_packages(include=["ddcache", "ddcache.*", "trainer", "trainer.*"]),
     install_requires=[
         "numpy>=1.24",
-        "lmdb>=3.0",  # lmdb.verify: the structural check of a data.mdb before it is opened
+        "lmdb>=1.4",
         "msgpack>=1.0",
         "opencv-python-headless>=4.8",
         "pypdfium2>=4.20",

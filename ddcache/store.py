@@ -15,13 +15,12 @@ from pathlib import Path
 import lmdb
 import msgpack
 import numpy as np
-from lmdb.verify import VerifyError as LmdbVerifyError
-from lmdb.verify import verify as verify_lmdb
 
 from .codec import checksum, decode_record
 from .errors import CorruptRecordError, UserError
+from .lmdb_file import DamagedFileError, check_data_file
 from .manifest import append_record, read_manifest, record_key, write_manifest
-from .regular_file import NotRegularFileError, open_regular
+from .regular_file import NotRegularFileError
 from .schema import MAX_RECORD_BYTES
 
 _META_PREFIX = b"__"
@@ -147,15 +146,10 @@ def open_readonly(path):
 def check_lmdb_file(path):
     """UserError (one line) unless ``path``/data.mdb is a regular file LMDB can read without crashing.
 
-    LMDB trusts its file: a damaged branch page makes it fail an assertion
-    (SIGABRT) or follow a node past the end of the file (SIGBUS), which no
-    exception handler catches, so one flipped bit in a cache from someone
-    else would kill every reader. py-lmdb's offline verifier
-    (``lmdb.verify``: a pure-Python walk of the meta pages and every page of
-    the tree, ~7 ms per 1000 records here) proves the structure sound before
-    the environment is opened; a FIFO or device is refused first (the
-    verifier would block on it). Checked once per file version (size, mtime,
-    inode) and process; forked workers inherit the result.
+    See :mod:`ddcache.lmdb_file`: a damaged tree would otherwise abort the
+    process (SIGABRT / SIGBUS) inside LMDB, and a FIFO would block the open.
+    Checked once per file version (size, mtime, inode) and process; forked
+    workers inherit the result.
     """
     data = os.path.join(path, "data.mdb")
     try:
@@ -164,17 +158,13 @@ def check_lmdb_file(path):
         if _CHECKED.get(path) == stamp:
             return
         _drop_env(path)  # an env opened on an earlier version of this path would read the old file
-        open_regular(data).close()
-        problems = verify_lmdb(data)
+        check_data_file(data)
+    except DamagedFileError as exc:
+        raise UserError(f"{data}: damaged LMDB file ({exc})") from None
     except NotRegularFileError as exc:
         raise UserError(str(exc)) from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read data.mdb ({exc.strerror or exc})") from None
-    except LmdbVerifyError as exc:
-        problems = [str(exc)]
-    if problems:
-        more = f"; and {len(problems) - 1} more" if len(problems) > 1 else ""
-        raise UserError(f"{data}: damaged LMDB file ({problems[0]}{more})")
     _CHECKED[path] = stamp
 
 
