@@ -108,25 +108,30 @@ def require_int_list(value, field, length=None, lo=0, hi=INT32_MAX):
 
 def require_scalar(value, field):
     """``value`` if it is None, a bool, an int64, a finite float or a short string (what provenance may hold)."""
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return require_int(value, field, -INT64_MAX, INT64_MAX)
-    if isinstance(value, float):
-        require_number(value, field)
-        return value
-    if isinstance(value, str):
-        return require_str(value, field)
-    raise SchemaError(f"{field} is {_kind(value)}, expected a number, a string or null")
+    kind = type(value)
+    if kind is str:
+        if len(value) > MAX_TEXT:
+            raise SchemaError(f"{field} is {len(value)} characters long (at most {MAX_TEXT})")
+    elif kind is int:
+        if not -INT64_MAX <= value <= INT64_MAX:
+            raise SchemaError(f"{field} = {_short(value)} is outside the int64 range")
+    elif kind is float:
+        if not math.isfinite(value):
+            raise SchemaError(f"{field} is {value}, expected a finite number")
+    elif value is not None and kind is not bool:
+        raise SchemaError(f"{field} is {_kind(value)}, expected a number, a string or null")
+    return value
 
 
 def require_flat_map(value, field):
     """A map whose values are scalars or lists of scalars (provenance): bounded size, no nesting below that."""
     require_map(value, field, max_keys=MAX_FIELDS)
     for k, v in value.items():
-        require_str(k, f"{field} key")
-        if isinstance(v, list):
-            require_list(v, f"{field}.{k}", max_len=MAX_LIST)
+        if len(k) > MAX_TEXT:
+            raise SchemaError(f"{field} has a key of {len(k)} characters (at most {MAX_TEXT})")
+        if type(v) is list:
+            if len(v) > MAX_LIST:
+                raise SchemaError(f"{field}.{k} has {len(v)} items (at most {MAX_LIST})")
             for item in v:
                 require_scalar(item, f"{field}.{k}[]")
         else:
