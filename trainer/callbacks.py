@@ -208,12 +208,14 @@ class PeriodicCocoEval(Callback):
       at_start: also evaluate before the first step (the starting point's numbers).
       device: -1 builds the predictor on the CPU, k on GPU k.
       echo: callable for a one-line summary per evaluation (the full table goes to the log).
+      failure: a ``trainer.guards.RunFailure``; no evaluation once it holds a failure (a broken state).
     After each evaluation :attr:`history` gets ``(global_step, stats)``.
     """
 
     def __init__(self, cfg, val_paths, period, last_step=None, max_datapoints=None, at_start=False, device=-1,
-                 echo=None):
+                 echo=None, failure=None):
         self.echo = echo
+        self.failure = failure
         self.cfg = cfg
         self.val_paths = [str(p) for p in val_paths]
         self.period = int(period)
@@ -251,10 +253,12 @@ class PeriodicCocoEval(Callback):
             self.evaluate()
 
     def evaluate(self):
-        """Run the evaluation now and log the scalars; returns the stats dict."""
+        """Run the evaluation now and log the scalars; returns the stats dict (None after a failure)."""
         from trainer.coco_eval import format_stats
         from trainer.evaluate import run_evaluation
 
+        if self.failure:
+            return None
         if self._last_eval_step == self.global_step:
             return self.history[-1][1]
         start = time.perf_counter()

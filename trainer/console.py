@@ -33,6 +33,7 @@ def is_native_log_line(line):
 
 
 _native_filter_installed = False
+_FLUSH_MARK = b"\x00ddtrain-native-log-filter-flush\x00"
 
 
 def quiet_native_logs():
@@ -41,9 +42,13 @@ def quiet_native_logs():
     fd 2 becomes a pipe read by a daemon thread that forwards every other
     line to the original stderr. Python's ``sys.stderr`` is re-pointed at the
     original descriptor directly, so what this program writes itself (errors,
-    the Ctrl-C notice before ``os._exit``) never waits in the pipe. Call
-    before TensorFlow is imported; idempotent.
+    the Ctrl-C notice before ``os._exit``) never waits in the pipe. At exit,
+    fd 2 is restored and a mark written behind the last line; the thread
+    forwards everything before the mark, so no line is lost. Call before
+    TensorFlow is imported; idempotent.
     """
+    import atexit
+
     global _native_filter_installed
     if _native_filter_installed:
         return
@@ -52,7 +57,6 @@ def quiet_native_logs():
     original = os.dup(2)
     read_fd, write_fd = os.pipe()
     os.dup2(write_fd, 2)
-    os.close(write_fd)
     sys.stderr = os.fdopen(os.dup(original), "w", buffering=1, encoding=sys.stderr.encoding,
                            errors=sys.stderr.errors)
 
@@ -65,14 +69,28 @@ def quiet_native_logs():
                     break
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
+                last = b""
+                done = next((i for i, line in enumerate(lines) if line.endswith(_FLUSH_MARK)), None)
+                if done is not None:  # what precedes the mark on its line is a last line without a newline
+                    last, lines = lines[done][:-len(_FLUSH_MARK)], lines[:done]
                 kept = [line + b"\n" for line in lines if not is_native_log_line(line)]
+                if last and not is_native_log_line(last):
+                    kept.append(last)
                 if kept:
                     os.write(original, b"".join(kept))
-            if pending and not is_native_log_line(pending):
-                os.write(original, pending)
+                if done is not None:
+                    return
 
     # A forked child keeps writing into the pipe; only this process reads it.
-    threading.Thread(target=forward, name="native-log-filter", daemon=True).start()
+    thread = threading.Thread(target=forward, name="native-log-filter", daemon=True)
+    thread.start()
+
+    def flush_at_exit():
+        os.dup2(original, 2)  # from here on fd 2 is the terminal again
+        os.write(write_fd, _FLUSH_MARK + b"\n")
+        thread.join(timeout=5)  # a safety net only: the thread returns at the mark
+
+    atexit.register(flush_at_exit)
 
 
 def quiet_library_loggers(verbose=False):

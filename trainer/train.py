@@ -376,7 +376,7 @@ def train_main(config, train, val, logdir, weights=None, overrides=(), steps=Non
                                 keep_checkpoint_every_n_hours=1e6, checkpoint_dir=str(logdir))
     evaluation = cbs.PeriodicCocoEval(cfg, val, int(cfg.TRAIN.EVAL_PERIOD), last_step=last_step,
                                       max_datapoints=eval_max_datapoints, at_start=eval_at_start,
-                                      device=0 if choice.num_gpus else -1, echo=echo)
+                                      device=0 if choice.num_gpus else -1, echo=echo, failure=failure)
     callbacks = [
         FailureGuard(failure),  # first: no later callback of a failed step sees its state
         MapWorkerWatch(lambda: map_worker_processes(df), failure, queue_input),
