@@ -15,26 +15,11 @@ from cache_factory import corrupt_record, make_cache, make_sample, write_records
 from ddcache import categories as C
 from ddcache.codec import encode_record
 from ddcache.errors import UserError
+from test_train_smoke import caches  # noqa: F401  (the module fixture: a small train and val cache)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 FAST = ["TRAIN.STEPS_PER_EPOCH=50", "TRAIN.EVAL_PERIOD=100"]  # no periodic checkpoint or evaluation in a short run
-
-
-@pytest.fixture(scope="module")
-def caches(tmp_path_factory):
-    """A small train cache (real build, 72 dpi) and a val cache."""
-    from ddcache.build import BuildOptions, build_cache
-    from ddcache.synth import write_sample
-
-    root = tmp_path_factory.mktemp("guards")
-    write_sample("fintabnet", root / "src", pages=6, seed=3)
-    out = {}
-    for split in ("train", "val"):
-        out[split] = root / split
-        build_cache(BuildOptions(dataset="fintabnet", source=str(root / "src"), split=split, out=str(out[split]),
-                                 workers=1, dpi=72), progress=False)
-    return out
 
 
 def _listing(path):

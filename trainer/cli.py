@@ -35,10 +35,6 @@ def main(ctx, verbose):
     --override KEY=VALUE (or --set) on every command.
     """
     ctx.ensure_object(dict)["verbose"] = verbose
-    if not verbose:
-        from trainer.console import quiet_native_logs
-
-        quiet_native_logs()  # before any command imports TensorFlow
 
 
 for _module, _name in _COMMANDS:
@@ -55,8 +51,13 @@ def run():
     from ddcache.interrupts import exit_within
     from trainer.train import INTERRUPT_EXIT_GRACE_S, watch_interrupts
 
-    command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
-    if command == "train":  # the only command with a "save on Ctrl-C" to announce
+    args = sys.argv[1:]
+    at = next((i for i, a in enumerate(args) if not a.startswith("-")), len(args))  # the command's name
+    if not {"-v", "--verbose"} & set(args[:at]):
+        from trainer.console import quiet_native_logs
+
+        quiet_native_logs()  # before any command imports TensorFlow; a process-wide change, so only here
+    if args[at:at + 1] == ["train"]:  # the only command with a "save on Ctrl-C" to announce
         watch_interrupts()
     try:
         run_with_error_policy(main, "ddtrain")

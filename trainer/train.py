@@ -43,6 +43,7 @@ import random
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -259,6 +260,65 @@ def seed_everything(seed, deterministic_ops):
         tf.config.experimental.enable_op_determinism()
 
 
+@dataclass
+class RunPlan:
+    """What pre-flight settled for a run (:func:`plan_run`); ``choice`` is None when there is nothing to train."""
+
+    cfg: object
+    train: list
+    val: list
+    logdir: Path
+    weights: object
+    resume: object  # the checkpoint to continue from, or None
+    start_step: int
+    last_step: int
+    choice: object = None  # trainer.devices.TrainerChoice
+    workers: int = 0
+    seed: int = 0
+
+
+def plan_run(config, train, val, logdir, weights=None, overrides=(), steps=None, gpus=None, horovod=False,
+             workers=None, seed=None, warn=None):
+    """Every check a run can make before it writes anything (module docstring, step 1); returns a :class:`RunPlan`.
+
+    Raises UserError (one line) on the first problem; ``warn`` gets one line
+    per cache stored smaller than ``PREPROC`` asks for. Cheap checks run
+    first; TensorFlow is imported only for the device choice and the
+    checkpoint shapes.
+    """
+    from trainer import preflight
+
+    cfg = load_user_config(config, overrides)
+    categories = list(cfg.DATA.CATEGORIES)
+    if steps is not None and int(steps) < 1:
+        raise UserError(f"--steps {steps}: must be >= 1")
+    logdir = check_output(logdir, "--logdir")
+    train = preflight.check_caches(list(train), "train", categories)
+    val = preflight.check_caches(list(val), "val", categories)
+    preflight.check_usable_boxes(train, categories)
+    for message in preflight.resolution_warnings(train, val, cfg):
+        warn(message)
+    resume = latest_checkpoint(logdir) if logdir.is_dir() else None
+    if weights is not None and not resume:
+        from trainer.inference_export import resolve_weights
+
+        resolve_weights(weights)  # a wrong path is a one-line error before TensorFlow is even imported
+    start_step = checkpoint_step(resume) if resume else 0
+    last_step = int(steps) if steps is not None else total_steps(cfg)
+    plan = RunPlan(cfg, train, val, logdir, weights, resume, start_step, last_step)
+    if start_step >= last_step:
+        return plan
+
+    from trainer import devices
+
+    plan.choice = devices.resolve_choice(gpus, horovod or cfg.TRAINER == "horovod")
+    if resume:
+        preflight.check_resume(resume, cfg)
+    plan.workers = int(cfg.TRAIN.NUM_WORKERS) if workers is None else int(workers)
+    plan.seed = int(cfg.TRAIN.SEED) if seed is None else int(seed)
+    return plan
+
+
 def train_main(config, train, val, logdir, weights=None, overrides=(), steps=None, gpus=None, horovod=False,
                workers=None, seed=None, eval_max_datapoints=None, eval_at_start=False, extra_callbacks=(),
                echo=None, warn=None, log_every=20, verbose=False):
@@ -290,45 +350,21 @@ def train_main(config, train, val, logdir, weights=None, overrides=(), steps=Non
     graph is built in a fresh ``tf.Graph``, so several calls can run in one
     process (one after the other).
     """
-    from trainer import preflight
-
     echo = echo or (lambda msg: click.echo(msg))
     warn = warn or (lambda msg: click.echo(f"warning: {msg}", err=True))
+    plan = plan_run(config, train, val, logdir, weights, overrides, steps, gpus, horovod, workers, seed, warn)
+    if plan.choice is None:
+        echo(f"{plan.resume}: global step {plan.start_step} already >= {plan.last_step}; nothing to train")
+        return {"global_step": plan.start_step, "checkpoint": plan.resume, "logdir": str(plan.logdir), "eval": []}
+    return _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_every, verbose)
 
-    # ---- pre-flight: every check that can fail runs before anything is written
-    cfg = load_user_config(config, overrides)
-    categories = list(cfg.DATA.CATEGORIES)
-    if steps is not None and int(steps) < 1:
-        raise UserError(f"--steps {steps}: must be >= 1")
-    logdir = check_output(logdir, "--logdir")
-    train = preflight.check_caches(list(train), "train", categories)
-    val = preflight.check_caches(list(val), "val", categories)
-    preflight.check_usable_boxes(train, categories)
-    for message in preflight.resolution_warnings(train, val, cfg):
-        warn(message)
-    resume = latest_checkpoint(logdir) if logdir.is_dir() else None
-    if weights is not None and not resume:
-        from trainer.inference_export import resolve_weights
 
-        resolve_weights(weights)  # a wrong path is a one-line error before TensorFlow is even imported
-    start_step = checkpoint_step(resume) if resume else 0
-    spe = int(cfg.TRAIN.STEPS_PER_EPOCH)
-    last_step = int(steps) if steps is not None else total_steps(cfg)
-    if start_step >= last_step:
-        echo(f"{resume}: global step {start_step} already >= {last_step}; nothing to train")
-        return {"global_step": start_step, "checkpoint": resume, "logdir": str(logdir), "eval": []}
-
-    from trainer import devices
-
-    choice = devices.resolve_choice(gpus, horovod or cfg.TRAINER == "horovod")
-    if resume:
-        preflight.check_resume(resume, cfg)
-    workers = int(cfg.TRAIN.NUM_WORKERS) if workers is None else int(workers)
-    seed = int(cfg.TRAIN.SEED) if seed is None else int(seed)
-
-    # ---- the run: from here on the log dir is written
-    if resume and weights is not None:
-        echo(f"--weights {weights} ignored: {logdir} already holds a checkpoint ({Path(resume).name})")
+def _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_every, verbose):
+    """The run itself (module docstring, steps 2-5): from here on the log dir is written."""
+    cfg, logdir, choice, resume, start_step, last_step = (plan.cfg, plan.logdir, plan.choice, plan.resume,
+                                                          plan.start_step, plan.last_step)
+    if resume and plan.weights is not None:
+        echo(f"--weights {plan.weights} ignored: {logdir} already holds a checkpoint ({Path(resume).name})")
     if choice.is_chief:
         logdir.mkdir(exist_ok=True)
         save_config(cfg, logdir, echo)
@@ -346,6 +382,7 @@ def train_main(config, train, val, logdir, weights=None, overrides=(), steps=Non
     import tensorflow as tf
 
     from trainer import callbacks as cbs
+    from trainer import devices
     from trainer.console import quiet_library_loggers
     from trainer.guards import FailureGuard, MapWorkerWatch, RunFailure, map_worker_processes, stop_map_workers
     from trainer.model.detector import CascadeRCNN
@@ -353,28 +390,29 @@ def train_main(config, train, val, logdir, weights=None, overrides=(), steps=Non
     quiet_library_loggers(verbose)
     if choice.is_chief:
         logger.set_logger_dir(str(logdir), action="k")
-    seed_everything(seed, deterministic_ops=choice.num_gpus == 0)
+    seed_everything(plan.seed, deterministic_ops=choice.num_gpus == 0)
     cfg.freeze()
 
     session_init = None
     if resume:
         echo(f"resuming from {resume} (global step {start_step})")
         session_init = SaverRestore(resume)
-    elif weights is not None:
+    elif plan.weights is not None:
         from trainer.weights import FineTuneInit
 
-        session_init = FineTuneInit(weights, strip_training=True, echo=echo)
+        session_init = FineTuneInit(plan.weights, strip_training=True, echo=echo)
 
+    spe = int(cfg.TRAIN.STEPS_PER_EPOCH)
     starting_epoch, first_epoch_steps = cbs.resume_position(start_step, spe)
     max_epoch = int(math.ceil(last_step / spe))
     failure = RunFailure()
-    df = build_dataflow(cfg, train, choice, workers, seed, failure, start_step)
+    df = build_dataflow(cfg, plan.train, choice, plan.workers, plan.seed, failure, start_step)
     queue_input = QueueInput(df)
     images_per_step = max(1, choice.num_gpus)
 
     saver = cbs.CheckpointSaver(failure=failure, max_to_keep=int(cfg.TRAIN.MAX_CHECKPOINTS),
                                 keep_checkpoint_every_n_hours=1e6, checkpoint_dir=str(logdir))
-    evaluation = cbs.PeriodicCocoEval(cfg, val, int(cfg.TRAIN.EVAL_PERIOD), last_step=last_step,
+    evaluation = cbs.PeriodicCocoEval(cfg, plan.val, int(cfg.TRAIN.EVAL_PERIOD), last_step=last_step,
                                       max_datapoints=eval_max_datapoints, at_start=eval_at_start,
                                       device=0 if choice.num_gpus else -1, echo=echo, failure=failure)
     callbacks = [
@@ -397,9 +435,9 @@ def train_main(config, train, val, logdir, weights=None, overrides=(), steps=Non
     tp_trainer = devices.make_trainer(choice)
     tp_trainer.loop = cbs.ResumableLoop(first_epoch_steps)
     echo(f"training {choice.describe()} from global step {start_step} to {last_step} "
-         f"({spe} steps per epoch, seed {seed}, {workers} map worker(s))")
+         f"({spe} steps per epoch, seed {plan.seed}, {plan.workers} map worker(s))")
     with tf.Graph().as_default():  # a fresh graph per call: train_main can run twice in one process
-        tf.compat.v1.set_random_seed(seed)
+        tf.compat.v1.set_random_seed(plan.seed)
         train_config = TrainConfig(
             model=CascadeRCNN(cfg, choice.data_format),
             data=queue_input,
