@@ -137,17 +137,16 @@ def checkpoint_step(prefix):
     return int(reader.get_tensor("global_step"))
 
 
-def total_steps(cfg):
-    """Global step at which training ends without ``--steps``: the last ``TRAIN.LR_SCHEDULE`` step.
+def total_steps(cfg, num_devices=1):
+    """Global step at which training ends without ``--steps``: the reference's run length on ``num_devices``
+    devices (``TRAIN.LR_SCHEDULE[-1]`` updates of ``TRAIN.REFERENCE_BATCH`` images, in whole epochs; see
+    ``trainer.lr_schedule``)."""
+    from trainer import lr_schedule
 
-    The tensorpack convention kept by ``trainer/config.py``: every listed step
-    decays the rate x0.1 and the last one ends training (so ``[50000]`` is
-    50000 steps at ``BASE_LR`` after the warm-up).
-    """
-    schedule = list(cfg.TRAIN.LR_SCHEDULE)
-    if not schedule:
-        raise UserError("the config sets no end of training (TRAIN.LR_SCHEDULE is empty): pass --steps")
-    return int(schedule[-1])
+    try:
+        return lr_schedule.resolve(cfg.TRAIN, num_devices).total_steps
+    except ValueError as exc:
+        raise UserError(f"{exc}: pass --steps or fix the config") from None
 
 
 def save_config(cfg, logdir, echo):
@@ -275,6 +274,7 @@ class RunPlan:
     choice: object = None  # trainer.devices.TrainerChoice
     workers: int = 0
     seed: int = 0
+    accumulate: int = 1  # steps whose gradients make one update (trainer.lr_schedule)
 
 
 def plan_run(config, train, val, logdir, weights=None, overrides=(), steps=None, gpus=None, horovod=False,
@@ -304,16 +304,21 @@ def plan_run(config, train, val, logdir, weights=None, overrides=(), steps=None,
 
         resolve_weights(weights)  # a wrong path is a one-line error before TensorFlow is even imported
     start_step = checkpoint_step(resume) if resume else 0
-    last_step = int(steps) if steps is not None else total_steps(cfg)
+
+    from trainer import devices, lr_schedule
+
+    choice = devices.resolve_choice(gpus, horovod or cfg.TRAINER == "horovod")
+    last_step = int(steps) if steps is not None else total_steps(cfg, choice.total_devices)
     plan = RunPlan(cfg, train, val, logdir, weights, resume, start_step, last_step)
     if start_step >= last_step:
         return plan
-
-    from trainer import devices
-
-    plan.choice = devices.resolve_choice(gpus, horovod or cfg.TRAINER == "horovod")
+    try:
+        plan.accumulate = lr_schedule.accumulation(choice.total_devices, int(cfg.TRAIN.REFERENCE_BATCH))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     if resume:
         preflight.check_resume(resume, cfg)
+    plan.choice = choice
     plan.workers = int(cfg.TRAIN.NUM_WORKERS) if workers is None else int(workers)
     plan.seed = int(cfg.TRAIN.SEED) if seed is None else int(seed)
     return plan
@@ -365,6 +370,9 @@ def _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_ev
                                                           plan.start_step, plan.last_step)
     if resume and plan.weights is not None:
         echo(f"--weights {plan.weights} ignored: {logdir} already holds a checkpoint ({Path(resume).name})")
+    if plan.accumulate > 1:
+        echo(f"{choice.total_devices} device(s): gradients of {plan.accumulate} steps are summed into one update of "
+             f"{cfg.TRAIN.REFERENCE_BATCH} images (TRAIN.REFERENCE_BATCH), as the reference does")
     if choice.is_chief:
         logdir.mkdir(exist_ok=True)
         save_config(cfg, logdir, echo)
@@ -418,7 +426,7 @@ def _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_ev
     callbacks = [
         FailureGuard(failure),  # first: no later callback of a failed step sees its state
         MapWorkerWatch(lambda: map_worker_processes(df), failure, queue_input),
-        cbs.WarmupStepLR(cbs.lr_function(cfg)),
+        cbs.WarmupStepLR(cbs.lr_function(cfg, choice.total_devices)),
         PeriodicTrigger(saver, every_k_epochs=int(cfg.TRAIN.CHECKPOINT_PERIOD)),
         evaluation,
         ThroughputTracker(samples_per_step=images_per_step),  # one image per device and step
@@ -439,7 +447,7 @@ def _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_ev
     with tf.Graph().as_default():  # a fresh graph per call: train_main can run twice in one process
         tf.compat.v1.set_random_seed(plan.seed)
         train_config = TrainConfig(
-            model=CascadeRCNN(cfg, choice.data_format),
+            model=CascadeRCNN(cfg, choice.data_format, num_devices=choice.total_devices),
             data=queue_input,
             callbacks=callbacks,
             extra_callbacks=[MovingAverageSummary(), MergeAllSummaries(period=max(1, min(spe, 20))), RunUpdateOps()],
