@@ -292,6 +292,9 @@ def test_two_identical_cpu_runs_give_identical_losses_and_weights(caches, tmp_pa
                    echo=lines[name].append, overrides=FAST, log_every=1, eval_max_datapoints=1)
     losses = {k: [line.split("  lr ")[0] for line in v if line.startswith("step ")] for k, v in lines.items()}
     assert len(losses["a"]) == 2 and losses["a"] == losses["b"]
+    from tensorflow.python.framework import config as tf_config
+
+    assert not tf_config.is_op_determinism_enabled()  # switched on for the run only (unseeded ops would fail)
     a, b = (tf.train.load_checkpoint(str(tmp_path / name / "model-2")) for name in ("a", "b"))
     names = [n for n in a.get_variable_to_shape_map() if n != "global_step"]
     assert "conv0/W" in names

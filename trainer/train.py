@@ -37,6 +37,7 @@ The log dir is never wiped (``logger.set_logger_dir(dir, action='k')``).
 restored global step.
 Ctrl-C saves a checkpoint, then exits 130 with one line.
 """
+import contextlib
 import math
 import os
 import random
@@ -242,21 +243,33 @@ def build_dataflow(cfg, train_paths, choice, workers, seed, failure, start_step=
     return FailureReport(starvation.output(RepeatedData(df, -1)), failure)
 
 
-def seed_everything(seed, deterministic_ops):
-    """Seed Python's and numpy's global generators; with ``deterministic_ops``, TensorFlow's op determinism.
-
-    TensorFlow's graph seed is set where the graph is built (it belongs to
-    the graph). Op determinism is a process-wide switch; it costs little on
-    CPU. On GPU it is left off: cuDNN's fastest convolution algorithms and
-    atomic adds (e.g. the RoIAlign / crop_and_resize gradients) are not
-    deterministic, and their deterministic versions are slower or missing.
-    """
-    import tensorflow as tf
-
+def seed_everything(seed):
+    """Seed Python's and numpy's global generators (TensorFlow's graph seed is set where the graph is built)."""
     random.seed(int(seed))
     np.random.seed(int(seed))
-    if deterministic_ops:
-        tf.config.experimental.enable_op_determinism()
+
+
+@contextlib.contextmanager
+def op_determinism(enabled):
+    """TensorFlow's op determinism on within the block (if ``enabled``), as it was afterwards.
+
+    A process-wide switch that also makes every unseeded random op an error,
+    so it is switched back off for whatever runs in this process next (tests,
+    a notebook). It costs little on CPU. On GPU it is left off: cuDNN's
+    fastest convolution algorithms and atomic adds (e.g. the RoIAlign /
+    crop_and_resize gradients) are not deterministic, and their
+    deterministic versions are slower or missing.
+    """
+    from tensorflow.python.framework import config as tf_config
+
+    switch = enabled and not tf_config.is_op_determinism_enabled()
+    if switch:
+        tf_config.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if switch:
+            tf_config.disable_op_determinism()
 
 
 @dataclass
@@ -398,7 +411,7 @@ def _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_ev
     quiet_library_loggers(verbose)
     if choice.is_chief:
         logger.set_logger_dir(str(logdir), action="k")
-    seed_everything(plan.seed, deterministic_ops=choice.num_gpus == 0)
+    seed_everything(plan.seed)
     cfg.freeze()
 
     session_init = None
@@ -444,7 +457,8 @@ def _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_ev
     tp_trainer.loop = cbs.ResumableLoop(first_epoch_steps)
     echo(f"training {choice.describe()} from global step {start_step} to {last_step} "
          f"({spe} steps per epoch, seed {plan.seed}, {plan.workers} map worker(s))")
-    with tf.Graph().as_default():  # a fresh graph per call: train_main can run twice in one process
+    # a fresh graph per call: train_main can run twice in one process
+    with op_determinism(choice.num_gpus == 0), tf.Graph().as_default():
         tf.compat.v1.set_random_seed(plan.seed)
         train_config = TrainConfig(
             model=CascadeRCNN(cfg, choice.data_format, num_devices=choice.total_devices),
