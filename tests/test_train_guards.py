@@ -219,7 +219,8 @@ def test_dead_map_worker_ends_the_run_with_one_line(caches, tmp_path):
             for line in proc.stdout:
                 if line.startswith("step   1/500"):  # the map worker has delivered: it is running
                     break
-            workers = psutil.Process(proc.pid).children()
+            parent = psutil.Process(proc.pid)
+            workers = [c for c in parent.children() if c.cmdline() == parent.cmdline()]  # forked copies
             assert len(workers) == 1
             workers[0].send_signal(signal.SIGKILL)
             proc.stdout.read()
