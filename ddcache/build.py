@@ -22,6 +22,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -39,7 +40,7 @@ from .errors import SkipSample, UserError
 from .datasets.base import LineRef, read_line
 from .input_limits import MAX_GRID, MAX_LINE_BYTES, MAX_PIXELS, MAX_TABLES_PER_PAGE
 from .manifest import SKIP_REPORT_NAME, append_record, new_manifest, record_key, write_manifest
-from .output_dir import check_disjoint
+from .outputs import check_disjoint, check_output
 
 FILTERS = ("min_rows", "max_rows", "min_cols", "max_cols", "min_cells", "max_cells")
 
@@ -163,6 +164,19 @@ def _init_worker(opts):
     _WORKER.update(opts=opts, reader=reader, crop=_crop_options(opts, reader))
 
 
+def _init_pool_worker(opts):
+    """Pool initializer: ignore SIGINT, then :func:`_init_worker`.
+
+    A terminal's Ctrl-C reaches every process of the group. A pool worker
+    killed by it while holding the pool's task-queue lock, or halfway through
+    writing a result, leaves the pool's teardown waiting forever (seen: one
+    Ctrl-C in ten hung). The parent alone handles Ctrl-C and stops the pool.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    _init_worker(opts)
+
+
 def _skip(line, reason, detail):
     return {"reason": reason, "file": line.annotation_file, "line_no": line.line_no, "detail": str(detail)[:300]}
 
@@ -265,7 +279,13 @@ def _results(tasks, opts):
         return
     ctx = mp.get_context("fork")
     window = workers * 8
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(opts,)) as pool:
+    # SIGINT stays blocked while the pool forks, so no worker exists without its SIG_IGN (_init_pool_worker)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        pool = ctx.Pool(workers, initializer=_init_pool_worker, initargs=(opts,))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    with pool:
         pending = deque()
         tasks = iter(tasks)
         exhausted = False
@@ -316,10 +336,7 @@ def build_cache(opts, progress=True, echo=print):
     partial = partial_dir(out)
     for target in (out, partial):
         check_disjoint(target, [opts.source], "--out", "--source")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create {out.parent}: {exc.strerror}") from None
+    check_output(out, "--out")  # its folder must exist
     with BuildLock(out):
         prepare(out, opts.overwrite)
         try:

@@ -29,7 +29,7 @@ import lmdb
 
 from .errors import UserError
 from .manifest import MANIFEST_NAME, SKIP_REPORT_NAME
-from .output_dir import check_replaceable, owned_by_us
+from .outputs import check_output, owned_by_us
 
 REPLACED = ".replaced-by-ddcache"
 CACHE_FILES = ("data.mdb", "lock.mdb", MANIFEST_NAME, SKIP_REPORT_NAME, MANIFEST_NAME + ".tmp", SKIP_REPORT_NAME + ".tmp",
@@ -95,13 +95,14 @@ def prepare(out, overwrite):
 
     Removes garbage left by a killed publish (a directory marked
     :data:`REPLACED`), then raises UserError if ``out`` exists and may not be
-    replaced (see :func:`output_dir.check_replaceable`), or if ``OUT.partial``
-    holds files that are not a cache's (it would be resumed into or deleted).
+    replaced (:func:`outputs.check_output`: only a directory of cache files,
+    and only with ``overwrite``), or if ``OUT.partial`` holds files that are
+    not a cache's (it would be resumed into or deleted).
     """
     for garbage in (partial_dir(out), _trash_dir(out)):
         if (garbage / REPLACED).exists() and owned_by_us(garbage, CACHE_FILES):
             remove_cache_dir(garbage)
-    check_replaceable(out, CACHE_FILES, "a ddcache cache", overwrite)
+    check_output(out, "--out", overwrite=bool(overwrite), owned=(CACHE_FILES, "a ddcache cache"))
     partial = partial_dir(out)
     if (partial.exists() or partial.is_symlink()) and not owned_by_us(partial, CACHE_FILES):
         raise UserError(f"{partial} is not an unfinished ddcache build (it holds other files); remove it or choose "

@@ -7,7 +7,7 @@ from tqdm import tqdm
 
 from .codec import decode_image
 from .coco import CocoBuilder
-from .output_dir import check_disjoint, check_replaceable
+from .outputs import check_disjoint, check_output
 from .store import CacheReader
 
 _EXT = {"png": ".png", "jpeg": ".jpg"}
@@ -24,7 +24,7 @@ def export_coco(caches, out_dir, category_ids=None, overwrite=False, progress=Tr
     reader = CacheReader(caches)
     out_dir = Path(out_dir)
     check_disjoint(out_dir, caches, "--out", "cache")
-    check_replaceable(out_dir, EXPORT_NAMES, "an export (images/ and instances.json)", overwrite)
+    check_output(out_dir, "--out", overwrite=bool(overwrite), owned=(EXPORT_NAMES, "an export (images/ and instances.json)"))
     if out_dir.exists():
         shutil.rmtree(out_dir)
     images = out_dir / "images"

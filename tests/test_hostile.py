@@ -430,7 +430,7 @@ def test_truncated_but_consistent_lmdb(deep_cache, tmp_path, capsys):
 
 def test_ddtrain_cache_checks_refuse_hostile_caches(good_cache, deep_cache, tmp_path):
     """``ddtrain``'s pre-flight (``check_caches``) raises the typed one-line error for a hostile manifest or data.mdb."""
-    from trainer.train import check_caches
+    from trainer.preflight import check_caches
 
     manifest = tmp_path / "m"
     shutil.copytree(good_cache, manifest)
@@ -441,7 +441,7 @@ def test_ddtrain_cache_checks_refuse_hostile_caches(good_cache, deep_cache, tmp_
     _flip(damaged, offset, bit)
     for cache, message in ((manifest, "num_samples"), (damaged, "damaged LMDB file")):
         with pytest.raises(UserError, match=message):
-            check_caches([cache], "train")
+            check_caches([cache], "train", ["CELL"])
 
 
 # ---------------------------------------------------------------- hostile raw input to the builder
@@ -681,6 +681,7 @@ def test_a_kill_at_any_filesystem_step_leaves_a_complete_cache_and_no_strays(rep
     from ddcache.verify import verify_cache
 
     out = tmp_path / "caches" / "c"
+    out.parent.mkdir()
     args = ["fintabnet", "--source", str(real_source), "--split", "val", "--out", str(out), "--workers", "1",
             "--dpi", "72", "--quiet", "--overwrite"]
     k = 0
