@@ -69,14 +69,23 @@ def test_missing_log_dir_folder_is_one_line_error(caches, tmp_path):
 
 
 def _cache_of(path, boxes):
-    """A 4-record cache whose every record has ``boxes`` (xyxy) as its CELL boxes (counted in the manifest)."""
+    """A 4-record cache whose every record has ``boxes`` (xyxy) as its CELL boxes (counted in the manifest).
+
+    The box bytes are put into the packed record afterwards: ``encode_record`` itself refuses NaN boxes, so
+    a cache holding them comes from someone else's writer.
+    """
+    import msgpack
+
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     raws = []
     for i in range(4):
         s = make_sample(i, 2, 2)
-        s["boxes"] = np.asarray(boxes, np.float32).reshape(-1, 4)
+        s["boxes"] = np.zeros_like(boxes)
         s["category_ids"] = np.full(len(s["boxes"]), C.CELL, np.int32)
         s["attributes"] = {k: np.full(len(s["boxes"]), -1, np.int32) for k in s["attributes"]}
-        raws.append(encode_record(s))
+        payload = msgpack.unpackb(encode_record(s), raw=False)
+        payload["boxes"]["data"] = boxes.tobytes()
+        raws.append(msgpack.packb(payload, use_bin_type=True))
     return write_records(path, raws, [(2, 2, len(boxes))] * 4, boxes_per_category={"CELL": 4 * len(boxes)})
 
 
