@@ -135,6 +135,9 @@ def make_trainer(choice):
     if choice.kind == REPLICATED:
         return SyncMultiGPUTrainerReplicated(list(range(choice.num_gpus)), average=True)
     if choice.kind == HOROVOD:
+        from trainer.horovod_compat import patch_horovod_trainer
+
+        patch_horovod_trainer()  # tensorpack 0.11 calls the TF1 name tf.global_variables
         try:
             return HorovodTrainer(average=True)
         except ImportError as exc:

@@ -217,6 +217,7 @@ def build_dataflow(cfg, train_paths, choice, workers, seed, start_step=0):
     from tensorpack.dataflow import RepeatedData
 
     from ddcache.dataflow import streaming_dataflow
+    from trainer.sample_log import record_reads
     from trainer.train_data import build_train_dataflow
 
     source = streaming_dataflow(
@@ -236,6 +237,7 @@ def build_dataflow(cfg, train_paths, choice, workers, seed, start_step=0):
                         f"{', '.join(map(str, train_paths))}")
     images_per_step = max(1, choice.num_gpus) if choice.kind == "replicated" else 1
     source.set_epoch(int(start_step) * images_per_step // share)
+    source = record_reads(source, choice.rank)  # DDTRAIN_SAMPLE_LOG: which samples this rank read
     df = build_train_dataflow(source, cfg, num_workers=workers, seed=seed + int(start_step))
     return RepeatedData(df, -1)
 
@@ -378,6 +380,9 @@ def train_main(config, train, val, logdir, weights=None, overrides=(), steps=Non
         finally:
             sys.stdout.flush()
     final_step = tp_trainer.loop.global_step
+    if not choice.is_chief:  # its saver never runs; rank 0's last save may still be in progress
+        echo(f"done at global step {final_step}; rank {choice.rank} writes no checkpoints (rank 0 does)")
+        return {"global_step": final_step, "checkpoint": None, "logdir": str(logdir), "eval": []}
     checkpoint = saver.last_path or latest_checkpoint(logdir)
     echo(f"done at global step {final_step}; checkpoint {checkpoint}")
     return {"global_step": final_step, "checkpoint": checkpoint, "logdir": str(logdir), "eval": evaluation.history}
