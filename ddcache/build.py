@@ -291,8 +291,8 @@ def _check_out(opts):
     return out, out.with_name(out.name + ".partial")
 
 
-def build_cache(opts, progress=True, echo=print):
-    """Build (or resume) the cache described by ``opts``; returns the manifest's counts + paths."""
+def check_build_options(opts):
+    """UserError (one line) unless ``opts`` names a buildable dataset, mode, encoding, shard and source; the reader."""
     reader = get_reader(opts.dataset)
     if opts.mode not in reader.modes:
         raise UserError(f"{reader.name} supports --mode {' / '.join(reader.modes)}, not {opts.mode!r}")
@@ -302,6 +302,12 @@ def build_cache(opts, progress=True, echo=print):
     if not (shard_n >= 1 and 0 <= shard_i < shard_n):
         raise UserError(f"--shard {shard_i}/{shard_n}: expected I/N with 0 <= I < N")
     reader.check_source(opts.source, opts.split, _reader_options(opts))
+    return reader
+
+
+def build_cache(opts, progress=True, echo=print):
+    """Build (or resume) the cache described by ``opts``; returns the manifest's counts + paths."""
+    reader = check_build_options(opts)
     out, partial = _check_out(opts)
     try:
         return _build(reader, opts, out, partial, progress, echo)
