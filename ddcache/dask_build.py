@@ -153,10 +153,13 @@ def build_shard(opts, host_threads, stop_name):
     proc.stdin.close()
     out_lines, err_lines = [], []
     readers = [_drain(proc.stdout, out_lines), _drain(proc.stderr, err_lines)]
-    while proc.poll() is None:
-        if stop.wait(timeout=1.0):
-            proc.kill()
-    proc.wait()
+    while True:
+        try:
+            proc.wait(timeout=1.0)
+            break
+        except subprocess.TimeoutExpired:
+            if stop.is_set():
+                proc.kill()
     for thread in readers:
         thread.join()
     log = [line for line in err_lines if line.strip()]

@@ -8,6 +8,7 @@ still, and checks that the rescheduled task resumed the shard's ``.partial``.
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,58 @@ def test_missing_dask_is_one_line_error(real_source, tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == ["ddcache: error: --dask needs Dask distributed: pip install -e .[dask]  "
                                              "(or: pip install 'dask[distributed]')"]
+
+
+def test_ctrl_c_stops_the_shard_builds_on_a_cluster_that_keeps_running(replicated_source, tmp_path):
+    """On a cluster that outlives the client, Ctrl-C must stop the running shard build (no stray writer).
+
+    The shard's writer is held still by this test's LMDB write lock, so the
+    build is certainly running (and cannot finish) when Ctrl-C arrives.
+    """
+    import logging
+    import os
+    import signal
+
+    import lmdb
+    import psutil
+    from distributed import LocalCluster
+
+    from ddcache.dask_build import build_on_dask
+
+    partial = tmp_path / "set" / "shard-0-of-1.partial"
+    partial.mkdir(parents=True)
+    env = lmdb.open(str(partial), subdir=True)
+    txn = env.begin(write=True)
+    me = psutil.Process()
+
+    def builders():
+        found = []
+        for p in me.children(recursive=True):
+            try:
+                if "ddcache.dask_build" in " ".join(p.cmdline()):
+                    found.append(p)
+            except psutil.Error:
+                pass
+        return found
+
+    def interrupt_once_building():
+        while not builders():
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster:
+        trigger = threading.Thread(target=interrupt_once_building, daemon=True)
+        trigger.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                build_on_dask(_opts(replicated_source, tmp_path / "set"), cluster.scheduler_address, 1,
+                              progress=False, echo=lambda m: None)
+            running = builders()
+            gone, alive = psutil.wait_procs(running, timeout=60)
+            assert not alive, "the shard build kept running after Ctrl-C"
+            assert cluster.workers and all(w.process.is_alive() for w in cluster.workers.values())
+        finally:
+            txn.abort()
+            env.close()
+    assert not (tmp_path / "set" / "shard-0-of-1").exists()

@@ -8,7 +8,7 @@ checkpoints; the re-run resumed on both ranks from rank 0's checkpoint.
 
 Needs Horovod built with TensorFlow and Gloo (``bash tools/install_horovod.sh
 cpu``); skipped otherwise (CI does not compile Horovod). Two ranks on two
-cores take ~25 s per run.
+cores take ~25 s per run. The shim and the sample log are also tested without Horovod.
 """
 import importlib.util
 import os
@@ -26,9 +26,40 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 TRAIN_SAMPLES = 12
 
-pytestmark = pytest.mark.skipif(
+needs_horovod = pytest.mark.skipif(
     shutil.which("horovodrun") is None or importlib.util.find_spec("horovod") is None,
     reason="Horovod is not installed (bash tools/install_horovod.sh cpu builds it, ~3-9 min)")
+
+
+def test_shim_gives_tensorpacks_trainer_module_the_tf1_names(monkeypatch):
+    import tensorflow as tf
+    from tensorpack.train import trainers
+
+    from trainer.horovod_compat import patch_horovod_trainer
+
+    monkeypatch.setattr(trainers, "tf", trainers.tf)  # restored after the test
+    assert not hasattr(trainers.tf, "global_variables")  # what HorovodTrainer.initialize trips on
+    patch_horovod_trainer()
+    assert trainers.tf.global_variables is tf.compat.v1.global_variables
+    assert not hasattr(tf, "global_variables")  # the tensorflow module itself is untouched
+    patch_horovod_trainer()  # idempotent
+    assert trainers.tf is tf.compat.v1
+
+
+def test_sample_log_records_what_the_source_reads(tmp_path):
+    from ddcache.dataflow import streaming_dataflow
+    from trainer.sample_log import record_reads
+
+    make_cache(tmp_path / "c", 4)
+    source = streaming_dataflow([tmp_path / "c"], rank=1, world=2, shuffle=False, decode=False)
+    assert record_reads(source, 1, environ={}) is source  # off unless asked for
+    df = record_reads(source, 1, environ={ENV: str(tmp_path / "log")})
+    df.reset_state()
+    for _ in range(2):  # two epochs
+        keys = [item["key"] for item in df]
+    assert keys == ["00000001", "00000003"]
+    assert read_log(log_path(tmp_path / "log", 1)) == [(0, 1, "00000001"), (0, 3, "00000003"),
+                                                       (1, 1, "00000001"), (1, 3, "00000003")]
 
 
 def horovod_train(caches, logdir, outdir, samples, steps):
@@ -52,6 +83,7 @@ def caches(tmp_path_factory):
             "val": make_cache(root / "val", 2, start=100, **grid)}
 
 
+@needs_horovod
 def test_two_ranks_train_on_disjoint_data_only_rank0_saves_and_both_resume(caches, tmp_path):
     from trainer.train import checkpoint_step, latest_checkpoint
 
