@@ -26,6 +26,7 @@ Ctrl-C stops the running shard builds (they resume on the next run).
 """
 import dataclasses
 import json
+import os
 import pickle
 import shutil
 import signal
@@ -118,10 +119,18 @@ def plan(opts, parent, count):
 # ---------------------------------------------------------------- worker side
 
 
-def _die_with_parent():
+def _die_with_parent(parent_pid):
+    """Ask Linux to SIGKILL this process when the thread that started it ends (the task's worker thread).
+
+    Done in the subprocess itself rather than in a ``preexec_fn``, which is
+    unsafe in a multi-threaded Dask worker; the parent check closes the window
+    before the call.
+    """
     import ctypes
 
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent_pid:  # the worker died before prctl took effect
+        os._exit(1)
 
 
 def build_shard(opts, host_threads, stop_name):
@@ -147,8 +156,8 @@ def build_shard(opts, host_threads, stop_name):
         opts = dataclasses.replace(opts, workers=max(1, available_cores() // max(1, host_threads.get(host, 1))))
     stop = Event(stop_name)
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "ddcache.dask_build"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+    proc = subprocess.Popen([sys.executable, "-m", "ddcache.dask_build", str(os.getpid())], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdin.write(pickle.dumps(opts))
     proc.stdin.close()
     out_lines, err_lines = [], []
@@ -185,7 +194,11 @@ def _drain(stream, lines):
 
 
 def _shard_main():
-    """Subprocess entry: BuildOptions (pickle) on stdin -> build -> summary JSON on stdout; exit 2 on a user mistake."""
+    """Subprocess entry (argv: the worker's pid): BuildOptions (pickle) on stdin -> build -> summary JSON on stdout.
+
+    Exit code 2 with one line on stderr for a user mistake.
+    """
+    _die_with_parent(int(sys.argv[1]))
     from .build import build_cache
 
     opts = pickle.load(sys.stdin.buffer)
@@ -222,7 +235,7 @@ class _Cluster:
 
             workers = value or max(1, min(count, available_cores()))
             self.cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                                    dashboard_address=None, silence_logs=logging.ERROR)
+                                                    dashboard_address=":0", silence_logs=logging.ERROR)
             self.client = distributed.Client(self.cluster)
             self.where = f"a local Dask cluster of {workers} worker(s)"
         else:
@@ -304,6 +317,8 @@ def build_on_dask(opts, scheduler, count, progress=True, echo=print):
             if len(summaries) < count:  # stop what still runs (Ctrl-C or an error): it resumes on the next run
                 stop.set()
             cluster.close()
+    else:
+        echo(f"{parent}: all {count} shard(s) already built")
     return merge_summaries(parent, [summaries[i] for i in range(count)])
 
 

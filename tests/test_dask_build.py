@@ -73,6 +73,27 @@ def test_parent_directory_reads_as_its_shards_and_refuses_an_unfinished_set(tmp_
 
 # ---- the distributed build ----
 
+def test_plan_keeps_finished_shards_and_overwrite_clears_what_is_replaced(real_source, tmp_path):
+    import dataclasses
+
+    from ddcache.dask_build import plan, shard_options
+
+    parent = tmp_path / "set"
+    opts = _opts(real_source, parent)
+    build_cache(shard_options(opts, parent, 1, 2), progress=False)
+    assert plan(opts, parent, 2) == [0]  # shard 1 is finished with the same options: kept
+    with pytest.raises(UserError, match="holds shards of a 2-shard build; use --shards 2"):
+        plan(opts, parent, 3)
+    with pytest.raises(UserError, match=r"shard-1-of-2 was built with other options \(dpi\)"):
+        plan(dataclasses.replace(opts, dpi=100.0), parent, 2)
+    assert plan(dataclasses.replace(opts, overwrite=True), parent, 3) == [0, 1, 2]
+    assert not (parent / "shard-1-of-2").exists()  # a shard of the replaced 2-shard set
+
+    single = tmp_path / "single"
+    build_cache(_opts(real_source, single), progress=False)
+    assert plan(dataclasses.replace(opts, out=str(single), overwrite=True), single, 2) == [0, 1]
+    assert not single.exists()
+
 def test_local_dask_build_equals_the_serial_build_and_a_rerun_keeps_it(replicated_source, tmp_path):
     from ddcache.dask_build import build_on_dask
 
@@ -231,7 +252,7 @@ def test_ctrl_c_stops_the_shard_builds_on_a_cluster_that_keeps_running(replicate
             time.sleep(0.01)
         os.kill(os.getpid(), signal.SIGINT)
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=logging.ERROR) as cluster:
         trigger = threading.Thread(target=interrupt_once_building, daemon=True)
         trigger.start()
