@@ -1,11 +1,12 @@
 """Horovod on CPU: ``ddtrain train --horovod`` with 1 vs 2 ranks (Gloo), next to the plain single-process trainer.
 
-Usage: python benchmarks/horovod_scaling.py [--pages 40] [--steps-per-epoch 20]
+Usage: python benchmarks/horovod_scaling.py [--pages 40] [--steps-per-epoch 20] [--rounds 2]
 
 Needs Horovod (bash tools/install_horovod.sh cpu). Builds a small synthetic
 cache, then trains ``configs/tiny.yaml`` for two epochs of
-``--steps-per-epoch`` steps in ONE run each: SimpleTrainer (no Horovod), and
-``horovodrun -np 1`` / ``-np 2 -H localhost:N --gloo``. Speed is read from
+``--steps-per-epoch`` steps: SimpleTrainer (no Horovod), and ``horovodrun
+-np 1`` / ``-np 2 -H localhost:N --gloo``, interleaved ``--rounds`` times in ONE
+run (medians reported). Speed is read from
 rank 0's second epoch (tensorpack's "Epoch 2 ... finished, time:"), which
 excludes graph building, the first steps and the final checkpoint and
 evaluation. One image per rank and step, so images/s = ranks x steps/s.
@@ -17,6 +18,7 @@ results/horovod_scaling.{json,md}.
 import argparse
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,17 +48,19 @@ def second_epoch_seconds(text):
     return sum(float(value) * UNIT_SECONDS[unit] for value, unit in parts)
 
 
-def run(cmd, outdir=None):
+def run(cmd):
+    """stdout of ``cmd`` (horovodrun prefixes each rank's lines; the ranks step in lock-step, either's epoch time does)."""
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{(r.stdout + r.stderr)[-3000:]}")
-    return (Path(outdir) / "rank.0" / "stdout").read_text() if outdir else r.stdout
+    return r.stdout
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pages", type=int, default=40)
     ap.add_argument("--steps-per-epoch", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     if shutil.which("horovodrun") is None:
         sys.exit("horovod_scaling: horovodrun not found (bash tools/install_horovod.sh cpu)")
@@ -70,20 +74,23 @@ def main():
             build_cache(BuildOptions(dataset="fintabnet", source=str(tmp / "raw"), split=split,
                                      out=str(tmp / "caches" / split), workers=1, dpi=72), progress=False)
         spe = args.steps_per_epoch
-        runs = []
-        text = run(train_cmd(tmp / "caches", tmp / "simple", spe) + ["--gpus", "0"])
-        runs.append({"name": "SimpleTrainer (no Horovod)", "ranks": 1, "epoch_seconds": second_epoch_seconds(text)})
-        for ranks in (1, 2):
-            out = tmp / f"out{ranks}"
-            cmd = ["horovodrun", "-np", str(ranks), "-H", f"localhost:{ranks}", "--gloo", "--output-filename", str(out),
-                   *train_cmd(tmp / "caches", tmp / f"hvd{ranks}", spe), "--horovod"]
-            runs.append({"name": f"horovodrun -np {ranks} --gloo", "ranks": ranks,
-                         "epoch_seconds": second_epoch_seconds(run(cmd, out))})
+        runs = [{"name": "SimpleTrainer (no Horovod)", "ranks": 1, "horovod": False, "epoch_seconds": []}]
+        runs += [{"name": f"horovodrun -np {n} --gloo", "ranks": n, "horovod": True, "epoch_seconds": []} for n in (1, 2)]
+        for round_no in range(args.rounds):
+            for r in runs:
+                logdir = tmp / f"log-{round_no}-{r['ranks']}-{r['horovod']}"
+                cmd = train_cmd(tmp / "caches", logdir, spe)
+                if r["horovod"]:
+                    cmd = ["horovodrun", "-np", str(r["ranks"]), "-H", f"localhost:{r['ranks']}", "--gloo", *cmd,
+                           "--horovod"]
+                else:
+                    cmd += ["--gpus", "0"]
+                r["epoch_seconds"].append(second_epoch_seconds(run(cmd)))
         for r in runs:
-            r["steps_per_s"] = spe / r["epoch_seconds"]
+            r["steps_per_s"] = spe / statistics.median(r["epoch_seconds"])
             r["images_per_s"] = r["ranks"] * r["steps_per_s"]
         one, two = runs[1], runs[2]
-        payload = {"steps_per_epoch": spe, "runs": runs,
+        payload = {"steps_per_epoch": spe, "rounds": args.rounds, "runs": runs,
                    "ratio_steps_per_s_2_vs_1_ranks": two["steps_per_s"] / one["steps_per_s"],
                    "ratio_images_per_s_2_vs_1_ranks": two["images_per_s"] / one["images_per_s"],
                    "ratio_horovod_1_rank_vs_simple": one["steps_per_s"] / runs[0]["steps_per_s"]}

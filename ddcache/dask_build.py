@@ -144,15 +144,15 @@ def build_shard(opts, host_threads, stop_name):
     ``stop_name`` is set (Ctrl-C in the client).
     """
     from distributed import Event, get_worker
+    from distributed.comm import get_address_host
 
     from .build import available_cores
 
     done = finished_summary(opts)
     if done is not None:
         return {**done, "log": [], "code": 0, "host": socket.gethostname(), "seconds": 0.0}
-    worker = get_worker()
     if not opts.workers:
-        host = worker.address.rsplit(":", 1)[0].split("://")[-1]
+        host = get_address_host(get_worker().address)
         opts = dataclasses.replace(opts, workers=max(1, available_cores() // max(1, host_threads.get(host, 1))))
     stop = Event(stop_name)
     start = time.monotonic()

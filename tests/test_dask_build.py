@@ -99,7 +99,8 @@ def test_local_dask_build_equals_the_serial_build_and_a_rerun_keeps_it(replicate
 
     serial = build_cache(_opts(replicated_source, tmp_path / "serial"), progress=False)
     lines = []
-    summary = build_on_dask(_opts(replicated_source, tmp_path / "set"), "local:2", 3, progress=False,
+    # workers=0: each shard takes the cores of its machine divided by the Dask threads on it
+    summary = build_on_dask(_opts(replicated_source, tmp_path / "set", workers=0), "local:2", 3, progress=False,
                             echo=lines.append)
     shards = [tmp_path / "set" / f"shard-{i}-of-3" for i in range(3)]
     assert summary["shards"] == [str(p) for p in shards]
@@ -112,8 +113,9 @@ def test_local_dask_build_equals_the_serial_build_and_a_rerun_keeps_it(replicate
         assert read_manifest(p)["checksums"] == read_manifest(one["out"])["checksums"]
 
     stamp = [(p / "manifest.json").stat().st_mtime_ns for p in shards]
-    again = build_on_dask(_opts(replicated_source, tmp_path / "set"), "local:2", 3, progress=False, echo=lines.append)
-    assert again["num_samples"] == 48
+    again = build_on_dask(_opts(replicated_source, tmp_path / "set", workers=0), "local:2", 3, progress=False,
+                          echo=lines.append)
+    assert again["num_samples"] == 48 and lines[-1] == f"{tmp_path / 'set'}: all 3 shard(s) already built"
     assert [(p / "manifest.json").stat().st_mtime_ns for p in shards] == stamp  # finished shards are kept
 
 
