@@ -12,28 +12,10 @@ from pathlib import Path
 import pytest
 
 import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from trainer.callbacks import eval_scalars, learning_rate_at, resume_position
+from trainer.callbacks import eval_scalars, lr_function, resume_position
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
-
-
-# ---- learning rate: warm-up then x0.1 steps, a function of the global step only ----
-
-def test_warmup_is_linear_from_init_to_base():
-    lr = [learning_rate_at(s, 1e-2, warmup_steps=100, warmup_init_lr=1e-4) for s in (0, 50, 100, 1000)]
-    assert lr[0] == pytest.approx(1e-4)
-    assert lr[1] == pytest.approx((1e-4 + 1e-2) / 2)
-    assert lr[2] == pytest.approx(1e-2) and lr[3] == pytest.approx(1e-2)
-
-
-def test_schedule_multiplies_by_tenth_at_each_listed_step():
-    f = lambda s: learning_rate_at(s, 1.0, warmup_steps=10, warmup_init_lr=0.1, schedule=[100, 200])  # noqa: E731
-    assert [f(99), f(100), f(199), f(200), f(10 ** 6)] == pytest.approx([1.0, 0.1, 0.1, 0.01, 0.01])
-
-
-def test_no_warmup_starts_at_base():
-    assert learning_rate_at(0, 0.02, warmup_steps=0, warmup_init_lr=1e-6) == pytest.approx(0.02)
 
 
 @pytest.mark.parametrize("gs,expected", [(0, (1, 4)), (3, (1, 1)), (4, (2, 4)), (9, (3, 3))])
@@ -185,7 +167,7 @@ def test_train_stop_then_resume_then_ctrl_c(caches, tmp_path):
     cfg = load_config(str(TINY), overrides=tuple(overrides))
     set_line = [x for x in seen if "At global_step=3, learning_rate is set to" in x]
     assert set_line, log[-3000:]
-    expected = learning_rate_at(3, cfg.TRAIN.BASE_LR, 10, cfg.TRAIN.WARMUP_INIT_LR, list(cfg.TRAIN.LR_SCHEDULE))
+    expected = lr_function(cfg)(3)
     assert float(set_line[0].split("set to")[1]) == pytest.approx(expected, abs=2e-6)  # schedule continues
 
     assert proc.returncode == 130, err[-3000:]

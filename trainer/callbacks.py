@@ -1,9 +1,10 @@
 """Everything around the training loop, as tensorpack callbacks (STYLE.md: extras are callbacks, not loop code).
 
-* :func:`learning_rate_at` / :class:`WarmupStepLR`: linear warm-up from
-  ``TRAIN.WARMUP_INIT_LR`` to ``TRAIN.BASE_LR`` over ``TRAIN.WARMUP`` steps,
-  then x0.1 at every step of ``TRAIN.LR_SCHEDULE``. A function of the global
-  step only, so a restarted run continues the schedule where it stopped.
+* :func:`lr_function` / :class:`WarmupStepLR`: the reference's learning-rate
+  schedule (``trainer.lr_schedule``: linear warm-up from ``TRAIN.WARMUP_INIT_LR``
+  to ``TRAIN.BASE_LR`` over ``TRAIN.WARMUP`` steps, x0.1 decays at the
+  ``TRAIN.LR_SCHEDULE`` points stretched to the number of devices). A function
+  of the global step only, so a restarted run continues the schedule where it stopped.
 * :class:`StopAtStep`: ``--steps N`` ends training after global step N
   (counted across restarts).
 * :class:`CheckpointSaver`: tensorpack's ``ModelSaver`` plus one more save
@@ -25,35 +26,16 @@ from tensorpack.callbacks.param import GraphVarParam, HyperParamSetter
 from tensorpack.train.base import TrainLoop
 from tensorpack.utils import logger
 
+from trainer import lr_schedule
+
 EVAL_PREFIX = "eval/"
 
 
-def learning_rate_at(step, base_lr, warmup_steps=0, warmup_init_lr=None, schedule=()):
-    """Learning rate for the step after ``step`` steps have run.
-
-    Args:
-      step: global step (steps done so far), >= 0.
-      base_lr: ``TRAIN.BASE_LR``.
-      warmup_steps: ``TRAIN.WARMUP``; during the first ``warmup_steps`` steps
-        the rate goes linearly from ``warmup_init_lr`` (at step 0) to
-        ``base_lr`` (at step ``warmup_steps``).
-      warmup_init_lr: ``TRAIN.WARMUP_INIT_LR`` (default: ``base_lr``, no warm-up).
-      schedule: ``TRAIN.LR_SCHEDULE``: global steps at which the rate is
-        multiplied by 0.1 (cumulative; a decay inside the warm-up also scales it).
-    """
-    step = max(0, int(step))
-    lr = float(base_lr)
-    if warmup_steps and step < int(warmup_steps):
-        start = lr if warmup_init_lr is None else float(warmup_init_lr)
-        lr = start + (lr - start) * step / float(warmup_steps)
-    decays = sum(1 for s in schedule if step >= int(s))
-    return lr * (0.1 ** decays)
-
-
-def lr_function(cfg):
-    """:func:`learning_rate_at` bound to the config's ``TRAIN`` section: ``step -> lr``."""
-    t = cfg.TRAIN
-    return lambda step: learning_rate_at(step, t.BASE_LR, int(t.WARMUP), t.WARMUP_INIT_LR, list(t.LR_SCHEDULE))
+def lr_function(cfg, num_devices=1):
+    """``step -> learning_rate`` of the config's ``TRAIN`` section on ``num_devices`` devices: the reference's
+    schedule (``trainer.lr_schedule``), a function of the global step only."""
+    schedule = lr_schedule.resolve(cfg.TRAIN, num_devices)
+    return lambda step: lr_schedule.learning_rate_at(step, schedule)
 
 
 class WarmupStepLR(HyperParamSetter):

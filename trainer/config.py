@@ -71,6 +71,9 @@ DEFAULTS = {
         "POSITIVE_ANCHOR_THRESH": 0.7,
         "NEGATIVE_ANCHOR_THRESH": 0.3,
         "CROWD_OVERLAP_THRESH": 9.99,
+        # "reference": tensorpack's labelling order (a gt's best anchor below NEGATIVE_ANCHOR_THRESH is bg);
+        # "always_positive": a gt's best anchors are fg whatever their IoU (detectron2); trainer/matcher.py
+        "BEST_ANCHOR_RULE": "reference",
         "PROPOSAL_NMS_THRESH": 0.7,
         "MIN_SIZE": 0.0,
         "HEAD_DIM": 1024,  # non-FPN only: with FPN the head has FPN.NUM_CHANNEL channels
@@ -104,6 +107,9 @@ DEFAULTS = {
         "WARMUP_INIT_LR": 1e-5,
         "LR_SCHEDULE": [240000, 320000, 360000],  # steps of x0.1 decay; the last one ends training
         "WEIGHT_DECAY": 1e-4,
+        # total batch (images per update) BASE_LR, LR_SCHEDULE and WARMUP_INIT_LR are set for: the reference's 8
+        # (8 GPUs x 1 image); fewer devices accumulate gradients to it (trainer/lr_schedule.py)
+        "REFERENCE_BATCH": 8,
         "NUM_WORKERS": 2,  # data-loading processes
         "SEED": 0,
         "MAX_CHECKPOINTS": 10,
@@ -117,6 +123,7 @@ CHOICES = {
     "FPN.NORM": ("GN", "None"),
     "FPN.PROPOSAL_MODE": ("Level", "Joint"),
     "FPN.FRCNN_HEAD_FUNC": ("fastrcnn_2fc_head",),
+    "RPN.BEST_ANCHOR_RULE": ("reference", "always_positive"),
 }
 
 
@@ -179,6 +186,14 @@ class Config:
 def num_classes(cfg):
     """Classes of the detector including background: ``len(DATA.CATEGORIES) + 1``."""
     return len(cfg.DATA.CATEGORIES) + 1
+
+
+def max_image_side(cfg):
+    """``PREPROC.MAX_SIZE`` rounded up to a multiple of ``FPN.RESOLUTION_REQUIREMENT``: the long-edge cap the
+    resizes, the anchor fields and the box-decode clamp use (the reference rounds it when it finalizes its config)."""
+    from trainer.anchors import rounded_max_size
+
+    return rounded_max_size(cfg.PREPROC.MAX_SIZE, int(cfg.FPN.RESOLUTION_REQUIREMENT))
 
 
 def _type_name(value):

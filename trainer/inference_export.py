@@ -114,6 +114,12 @@ def check_weights_match(weights, model_variables, source=None):
     confident garbage; for evaluation and inference that must be an error,
     not a warning (fine-tuning's tolerant loading is a different use).
     """
+    legacy = sorted(n for n in weights if n.startswith("fpn/") and n.endswith("/b") and n not in model_variables)
+    if legacy:
+        prefix = f"{source}: " if source else ""
+        raise UserError(prefix + f"has FPN convolution biases ({legacy[0]}, ... {len(legacy)} in all): written by "
+                        "ddcache 0.1, whose FPN was not the published model's; fine-tune again from the published "
+                        "weights (they load as they are)")
     missing = [n for n in model_variables if n not in weights]
     mismatched = [
         f"{n} {tuple(weights[n].shape)} vs model {tuple(s)}"

@@ -5,7 +5,7 @@ H x W x 3) and get boxes back in those pixels, xyxy, origin top-left. In
 between the image is resized exactly as evaluation does
 (``trainer.train_data.eval_preprocess``: short edge ``PREPROC.SHORT_EDGE_SIZE``,
 long edge capped at ``PREPROC.MAX_SIZE``) and the graph's boxes, which are in
-resized-image pixels, are divided by that scale. :func:`detect_in_original_frame`
+resized-image pixels, are divided by one scale ``sqrt(sx * sy)`` (the reference's mapping). :func:`detect_in_original_frame`
 is the one place doing this, for the offline ``Predictor`` here and for the
 training callback's online predictor (through ``trainer.evaluate.run_evaluation``).
 
@@ -45,12 +45,13 @@ def detect_in_original_frame(graph_fn, image_bgr, cfg):
     image_bgr = np.asarray(image_bgr)
     if image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
         raise ValueError(f"expected an H x W x 3 BGR image, got shape {image_bgr.shape}")
-    resized, scale = eval_preprocess({"image": image_bgr}, cfg)
+    resized, _ = eval_preprocess({"image": image_bgr}, cfg)
     boxes, scores, labels = graph_fn(resized)
-    # scale is new/old per axis, (sx, sy) (or one number): original = resized / scale
-    sx, sy = np.broadcast_to(np.asarray(scale, dtype=np.float32).reshape(-1), (2,))
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) / np.array([sx, sy, sx, sy], dtype=np.float32)
+    # One scale for both axes, sqrt(sy * sx), as the reference maps boxes back (the two differ only by the
+    # rounding of the resized sides: well under a pixel).
     h, w = image_bgr.shape[:2]
+    scale = np.sqrt(resized.shape[0] * 1.0 / h * resized.shape[1] / w)
+    boxes = (np.asarray(boxes, dtype=np.float32).reshape(-1, 4) / scale).astype(np.float32)
     boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, w)  # rounding in the resize can push a box edge past the border
     boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, h)
     return boxes, np.asarray(scores, dtype=np.float32).reshape(-1), np.asarray(labels, dtype=np.int32).reshape(-1)

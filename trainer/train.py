@@ -143,17 +143,16 @@ def checkpoint_step(prefix):
     return int(reader.get_tensor("global_step"))
 
 
-def total_steps(cfg):
-    """Global step at which training ends without ``--steps``: the last ``TRAIN.LR_SCHEDULE`` step.
+def total_steps(cfg, num_devices=1):
+    """Global step at which training ends without ``--steps``: the reference's run length on ``num_devices``
+    devices (``TRAIN.LR_SCHEDULE[-1]`` updates of ``TRAIN.REFERENCE_BATCH`` images, in whole epochs; see
+    ``trainer.lr_schedule``)."""
+    from trainer import lr_schedule
 
-    The tensorpack convention kept by ``trainer/config.py``: every listed step
-    decays the rate x0.1 and the last one ends training (so ``[50000]`` is
-    50000 steps at ``BASE_LR`` after the warm-up).
-    """
-    schedule = list(cfg.TRAIN.LR_SCHEDULE)
-    if not schedule:
-        raise UserError("the config sets no end of training (TRAIN.LR_SCHEDULE is empty): pass --steps")
-    return int(schedule[-1])
+    try:
+        return lr_schedule.resolve(cfg.TRAIN, num_devices).total_steps
+    except ValueError as exc:
+        raise UserError(f"{exc}: pass --steps or fix the config") from None
 
 
 def save_config(cfg, logdir, echo):
@@ -294,7 +293,16 @@ def train_main(config, train, val, logdir, weights=None, overrides=(), steps=Non
     spe = int(cfg.TRAIN.STEPS_PER_EPOCH)
     if spe < 1:
         raise UserError(f"TRAIN.STEPS_PER_EPOCH {spe}: must be >= 1")
-    last_step = int(steps) if steps is not None else total_steps(cfg)
+    last_step = int(steps) if steps is not None else total_steps(cfg, choice.total_devices)
+    try:
+        from trainer import lr_schedule
+
+        accumulate = lr_schedule.accumulation(choice.total_devices, int(cfg.TRAIN.REFERENCE_BATCH))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if accumulate > 1:
+        echo(f"{choice.total_devices} device(s): gradients of {accumulate} steps are summed into one update of "
+             f"{cfg.TRAIN.REFERENCE_BATCH} images (TRAIN.REFERENCE_BATCH), as the reference does")
 
     if choice.is_chief:
         logdir.mkdir(parents=True, exist_ok=True)
@@ -342,7 +350,7 @@ def train_main(config, train, val, logdir, weights=None, overrides=(), steps=Non
                                       max_datapoints=eval_max_datapoints, at_start=eval_at_start,
                                       device=0 if choice.num_gpus else -1)
     callbacks = [
-        cbs.WarmupStepLR(cbs.lr_function(cfg)),
+        cbs.WarmupStepLR(cbs.lr_function(cfg, choice.total_devices)),
         PeriodicTrigger(saver, every_k_epochs=max(1, int(cfg.TRAIN.CHECKPOINT_PERIOD))),
         evaluation,
         EstimatedTimeLeft(),
@@ -361,7 +369,7 @@ def train_main(config, train, val, logdir, weights=None, overrides=(), steps=Non
          f"{first_epoch_steps} step(s) left in it, {spe} per epoch)")
     with tf.Graph().as_default():  # a fresh graph per call: train_main can run twice in one process
         train_config = TrainConfig(
-            model=CascadeRCNN(cfg, choice.data_format),
+            model=CascadeRCNN(cfg, choice.data_format, num_devices=choice.total_devices),
             data=QueueInput(df),
             callbacks=callbacks,
             extra_callbacks=[MovingAverageSummary(), ProgressBar(), MergeAllSummaries(period=max(1, min(spe, 20))),

@@ -34,6 +34,7 @@ import numpy as np
 
 from ddcache import categories
 from trainer import preprocessing
+from trainer.config import max_image_side
 from trainer.anchor_targets import AnchorGrids, RPNTargetParams, dense_level_targets, rpn_targets, sparse_rpn_targets
 
 
@@ -84,7 +85,7 @@ class TrainingMapper:
         self.compact = bool(compact)
         # [lo, hi] range; a single size (scalar or [s]) means a fixed short edge
         self.short_edge_range = tuple(int(v) for v in np.atleast_1d(cfg.PREPROC.TRAIN_SHORT_EDGE_SIZE))
-        self.max_size = int(cfg.PREPROC.MAX_SIZE)
+        self.max_size = max_image_side(cfg)
         self.train_ids = tuple(categories.ids_for(cfg.DATA.CATEGORIES))
         self.params = RPNTargetParams.from_cfg(cfg)
         self._reset()
@@ -238,7 +239,7 @@ def build_train_dataflow(source_df, cfg, num_workers=0, seed=None):
 def eval_preprocess(sample, cfg):
     """Evaluation input: (image uint8 ``[h, w, 3]`` BGR resized to ``PREPROC.SHORT_EDGE_SIZE`` capped at
     ``PREPROC.MAX_SIZE``, scale float32 [2] = (sx, sy)); original pixel = predicted / scale."""
-    image, scale = preprocessing.eval_resize(sample["image"], int(cfg.PREPROC.SHORT_EDGE_SIZE), int(cfg.PREPROC.MAX_SIZE))
+    image, scale = preprocessing.eval_resize(sample["image"], int(cfg.PREPROC.SHORT_EDGE_SIZE), max_image_side(cfg))
     return _as_uint8(image), scale
 
 
