@@ -201,6 +201,7 @@ class DdcacheRunner:
         tf1 = tf.compat.v1
         self.graph = tf.Graph()
         with self.graph.as_default():
+            tf1.set_random_seed(0)  # the graph's random ops (proposal sampling) repeat from run to run
             self.model = CascadeRCNN(cfg, data_format)
             specs = self.model.inputs()
             self.inputs = {s.name: tf1.placeholder(s.dtype, s.shape, name=s.name) for s in specs}

@@ -22,6 +22,7 @@ import numpy as np
 
 import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from ddcache.errors import UserError
+from ddcache.outputs import check_output
 from trainer.config import load_user_config
 
 OUTPUT_NAMES = ("output/boxes", "output/scores", "output/labels")
@@ -194,28 +195,39 @@ def _unique_stems(paths):
 @click.option("--score-thresh", type=click.FloatRange(0, 1), default=None,
               help="Keep detections scoring at least this (may be below the config's OUTPUT.RESULT_SCORE_THRESH, "
                    "the default).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Config override (repeatable).")
+@click.option("--override", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Config override (repeatable; --set is the same).")
 def predict(config_path, weights, images, out, score_thresh, overrides):
     """Detect on images; write <name>.detections.png (drawn) and <name>.detections.json per image.
 
     JSON: {"image", "width", "height", "score_thresh", "boxes": [[x0,y0,x1,y1] px of the
     original image], "scores", "labels": [category names]}.
     """
-    import cv2
-
     from trainer.inference_export import resolve_weights
 
     missing = [p for p in images if not Path(p).is_file()]
     if missing:
         raise UserError(f"{missing[0]}: no such image")
+    out_dir = check_output(out, "--out")
     resolve_weights(weights)  # a missing weights file is reported before TensorFlow builds anything
     overrides = tuple(overrides)
     if score_thresh is not None and score_thresh < load_user_config(config_path, overrides).OUTPUT.RESULT_SCORE_THRESH:
         # the graph drops detections below its own threshold: lower it so --score-thresh can show them
         overrides += (f"OUTPUT.RESULT_SCORE_THRESH={float(score_thresh)!r}",)
     predictor = Predictor(config_path, weights, overrides)
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    created = not out_dir.exists()
+    out_dir.mkdir(exist_ok=True)
+    try:
+        _predict_images(predictor, images, out_dir, score_thresh, weights)
+    except BaseException:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a failed run leaves no empty folder behind
+        raise
+
+
+def _predict_images(predictor, images, out_dir, score_thresh, weights):
+    import cv2
+
     for path, stem in zip(images, _unique_stems(images)):
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:

@@ -18,8 +18,10 @@ int32 ``[fh, fw, A]`` then ``anchor_boxes_lvl{l}`` float32 ``[fh, fw, A, 4]``;
 ``gt_labels`` int64 ``[N]`` in 1..K.
 
 Seeding: a mapper's RandomState is created lazily in the process that uses
-it, from ``(seed, pid)``, so forked workers draw different augmentations. For
-a reproducible stream pass your own RandomState to :meth:`TrainingMapper.map`.
+it, from ``(seed, worker index)`` (:func:`map_worker_index`: 0 in the process
+that built the dataflow, 1 + k in map worker k), so forked workers draw
+different augmentations and a run repeats with the same seed (never seeded
+by pid). For an explicit stream pass your own RandomState to :meth:`TrainingMapper.map`.
 
 Worker processes receive encoded records (``decode=False`` sources) or decoded
 samples, and send a compact form (uint8 image, the kept anchors' indices and
@@ -72,6 +74,21 @@ def _label_lookup(train_ids):
     return lookup
 
 
+def map_worker_index():
+    """0 in a process that is not a map worker; 1 + k in tensorpack ZMQ map worker k.
+
+    tensorpack names its map workers' processes by ZMQ identity ``b'0'``,
+    ``b'1'``, ... (``MultiProcessMapDataZMQ._Worker.identity``), which the
+    forked worker sees as its ``multiprocessing.current_process()``.
+    """
+    import multiprocessing as mp
+
+    identity = getattr(mp.current_process(), "identity", None)
+    if isinstance(identity, bytes) and identity.isdigit():
+        return 1 + int(identity)
+    return 0
+
+
 class TrainingMapper:
     """Picklable callable: decoded sample dict -> datapoint list (module docstring), or None.
 
@@ -104,10 +121,11 @@ class TrainingMapper:
         return state
 
     def setup(self):
-        """Create this process's state (RandomState from (seed, pid), anchor grids) unless it exists; idempotent."""
+        """Create this process's state (RandomState from (seed, worker index), anchor grids) unless it exists;
+        idempotent. A forked copy (another pid) gets its own."""
         pid = os.getpid()
         if self._pid != pid:
-            self._rng = np.random.RandomState([self.seed & 0xFFFFFFFF, pid])
+            self._rng = np.random.RandomState([self.seed & 0xFFFFFFFF, map_worker_index()])
             self._pid = pid
         if self._grids is None:
             self._grids = AnchorGrids(self.params, self.max_size)
@@ -211,7 +229,7 @@ def build_train_dataflow(source_df, cfg, num_workers=0, seed=None):
     in the workers, where a corrupt record is re-raised in the consumer as
     ``CorruptRecordError`` naming its key.
 
-    ``seed`` (default ``cfg.TRAIN.SEED``) seeds the mappers' RandomStates together with the pid.
+    ``seed`` (default ``cfg.TRAIN.SEED``) seeds the mappers' RandomStates together with the worker index.
     ``num_workers == 0`` maps in the calling process (``MapData``);
     ``num_workers >= 1`` forks that many ``LosslessMapDataZMQ`` workers
     (non-strict: an endless reordering of the repeated source, as training
