@@ -4,7 +4,8 @@ Two ranks train ``configs/tiny.yaml`` on a small synthetic cache, then a
 second ``horovodrun`` on the same log dir resumes. Checked: both ranks
 stepped to ``--steps``; in each data epoch the ranks read disjoint samples
 that together cover the cache (``DDTRAIN_SAMPLE_LOG``); only rank 0 wrote
-checkpoints; the re-run resumed on both ranks from rank 0's checkpoint.
+checkpoints (rank 0's ``log.log`` names each save, rank 1 reports the saver
+skipped); the re-run resumed on both ranks from rank 0's checkpoint.
 
 Needs Horovod built with TensorFlow and Gloo (``bash tools/install_horovod.sh
 cpu``); skipped otherwise (CI does not compile Horovod). Two ranks on two
@@ -12,6 +13,7 @@ cores take ~25 s per run. The shim and the sample log are also tested without Ho
 """
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -75,6 +77,11 @@ def horovod_train(caches, logdir, outdir, samples, steps):
     return [(Path(outdir) / f"rank.{rank}" / "stdout").read_text() for rank in (0, 1)]
 
 
+def saved_in_log(logdir):
+    """Checkpoint names rank 0's ``LOGDIR/log.log`` reports as saved (tensorpack: "Model saved to .../model-N.")."""
+    return re.findall(r"Model saved to \S*/(model-\d+)\.", (Path(logdir) / "log.log").read_text())
+
+
 @pytest.fixture(scope="module")
 def caches(tmp_path_factory):
     root = tmp_path_factory.mktemp("hvd")
@@ -92,8 +99,9 @@ def test_two_ranks_train_on_disjoint_data_only_rank0_saves_and_both_resume(cache
     for rank, text in enumerate(out):
         assert f"data part {rank + 1}/2" in text, text[-3000:]
         assert "done at global step 3" in text, text[-3000:]
-    assert "Model saved to" in out[0]
-    assert "Model saved to" not in out[1] and "rank 1 writes no checkpoints" in out[1]
+    # rank 0 logs to LOGDIR/log.log; rank 1 (console only) skips the saver
+    assert saved_in_log(logdir) == ["model-2", "model-3"]  # end of epoch 1, then the --steps stop
+    assert "CheckpointSaver is chief-only, skipped" in out[1] and "rank 1 writes no checkpoints" in out[1]
     assert checkpoint_step(latest_checkpoint(logdir)) == 3
 
     reads = [read_log(log_path(samples, rank)) for rank in (0, 1)]
@@ -110,5 +118,6 @@ def test_two_ranks_train_on_disjoint_data_only_rank0_saves_and_both_resume(cache
     for text in out:
         assert f"resuming from {logdir}/model-3 (global step 3)" in text, text[-3000:]
         assert "done at global step 5" in text, text[-3000:]
-    assert "Model saved to" not in out[1]
+    assert "CheckpointSaver is chief-only, skipped" in out[1]
+    assert saved_in_log(logdir) == ["model-4", "model-5"]  # this run's log.log
     assert checkpoint_step(latest_checkpoint(logdir)) == 5
