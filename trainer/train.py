@@ -53,6 +53,7 @@ import numpy as np
 import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from ddcache.errors import UserError
 from ddcache.outputs import check_output
+from trainer import ctrl_c
 from trainer.config import load_user_config
 
 CONFIG_NAME = "config.yaml"
@@ -66,16 +67,20 @@ def watch_interrupts(code=130, prog="ddtrain"):
 
     Python acts on SIGINT only when the main thread runs Python code; a
     training step blocked inside TensorFlow (e.g. waiting for data) defers
-    the KeyboardInterrupt, and the checkpoint with it, until the step
-    returns. The signal is also written to a wakeup pipe that a daemon
-    thread watches, so the user is told at once, and a second Ctrl-C leaves
-    at once (no new checkpoint; the latest one stays usable). Main thread
-    only; armed by the ``ddtrain`` entry point.
+    it, and the checkpoint with it, until the step returns. Inside the
+    training loop the handler only sets a flag that ``StopOnCtrlC`` reads
+    after the step (an exception raised there could land inside
+    TensorFlow's C++ code and abort the process); elsewhere it raises
+    KeyboardInterrupt as usual. The signal is also written to a wakeup pipe
+    that a daemon thread watches, so the user is told at once, and a second
+    Ctrl-C leaves at once (no new checkpoint; the latest one stays usable).
+    Main thread only; armed by the ``ddtrain`` entry point.
     """
     import signal
 
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
+    signal.signal(signal.SIGINT, ctrl_c.on_sigint)
     signal.set_wakeup_fd(write_fd)
     # Forked map workers inherit the pipe: their SIGINTs (a terminal's Ctrl-C reaches the whole
     # process group) must not count as this process's second Ctrl-C.
@@ -447,6 +452,7 @@ def _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_ev
         ThroughputTracker(samples_per_step=images_per_step),  # one image per device and step
         HostMemoryTracker(),  # free RAM per epoch: flat, since the data is streamed, not loaded
         cbs.StopAtStep(last_step),
+        cbs.StopOnCtrlC(),
     ]
     if choice.num_gpus:
         callbacks += [PeakMemoryTracker(list(range(choice.num_gpus))), GPUUtilizationTracker()]
@@ -460,6 +466,7 @@ def _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_ev
     echo(f"training {choice.describe()} from global step {start_step} to {last_step} "
          f"({spe} steps per epoch, seed {plan.seed}, {plan.workers} map worker(s))")
     # a fresh graph per call: train_main can run twice in one process
+    ctrl_c.REQUESTED.clear()
     with op_determinism(choice.num_gpus == 0), tf.Graph().as_default():
         tf.compat.v1.set_random_seed(plan.seed)
         train_config = TrainConfig(
@@ -475,6 +482,8 @@ def _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_ev
         )
         try:
             launch_train_with_config(train_config, tp_trainer)
+            if ctrl_c.REQUESTED.is_set():
+                raise KeyboardInterrupt
         except KeyboardInterrupt:
             step = saver.last_saved_step if saver.last_saved_step is not None else tp_trainer.loop.global_step
             raise TrainingInterrupted(step, saver.last_path) from None
