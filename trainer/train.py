@@ -320,7 +320,7 @@ def plan_run(config, train, val, logdir, weights=None, overrides=(), steps=None,
         warn(message)
     resume = latest_checkpoint(logdir) if logdir.is_dir() else None
     if weights is not None and not resume:
-        from trainer.inference_export import resolve_weights
+        from trainer.weights import resolve_weights
 
         resolve_weights(weights)  # a wrong path is a one-line error before TensorFlow is even imported
     start_step = checkpoint_step(resume) if resume else 0
@@ -426,7 +426,7 @@ def _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_ev
         echo(f"resuming from {resume} (global step {start_step})")
         session_init = SaverRestore(resume)
     elif plan.weights is not None:
-        from trainer.weights import FineTuneInit
+        from trainer.fine_tune import FineTuneInit
 
         session_init = FineTuneInit(plan.weights, strip_training=True, echo=echo)
 
