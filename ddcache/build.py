@@ -40,7 +40,7 @@ from .errors import SkipSample, UserError
 from .datasets.base import LineRef, read_line
 from .input_limits import MAX_GRID, MAX_LINE_BYTES, MAX_PIXELS, MAX_TABLES_PER_PAGE
 from .manifest import SKIP_REPORT_NAME, append_record, new_manifest, record_key, write_manifest
-from .outputs import check_disjoint, check_output
+from .outputs import check_disjoint
 
 FILTERS = ("min_rows", "max_rows", "min_cols", "max_cols", "min_cells", "max_cells")
 
@@ -314,13 +314,9 @@ def _fresh_progress():
     return {"tasks": 0, "read": 0, "written": 0, "tables": 0, "skipped": {}, "boxes": {}, "dropped_boxes": 0, "bytes": 0, "done": False}
 
 
-def build_cache(opts, progress=True, echo=print):
-    """Build (or resume) the cache described by ``opts``; returns the manifest's counts + paths.
-
-    ``--out`` may not overlap ``--source``; one build per ``--out`` at a time
-    (``cache_dir.BuildLock``); ``--overwrite`` replaces only a cache; a full
-    disk ends with one line and the next run resumes.
-    """
+def check_build_options(opts):
+    """UserError (one line) unless ``opts`` names a buildable dataset, mode, encoding, shard and source, and an
+    ``--out`` that does not overlap ``--source``; returns the reader."""
     reader = get_reader(opts.dataset)
     if opts.mode not in reader.modes:
         raise UserError(f"{reader.name} supports --mode {' / '.join(reader.modes)}, not {opts.mode!r}")
@@ -332,11 +328,25 @@ def build_cache(opts, progress=True, echo=print):
     if not opts.out:
         raise UserError("--out is required")
     reader.check_source(opts.source, opts.split, _reader_options(opts))
+    for target in (Path(opts.out), partial_dir(opts.out)):
+        check_disjoint(target, [opts.source], "--out", "--source")
+    return reader
+
+
+def build_cache(opts, progress=True, echo=print):
+    """Build (or resume) the cache described by ``opts``; returns the manifest's counts + paths.
+
+    ``--out`` may not overlap ``--source``; one build per ``--out`` at a time
+    (``cache_dir.BuildLock``); ``--overwrite`` replaces only a cache; a full
+    disk ends with one line and the next run resumes.
+    """
+    reader = check_build_options(opts)
     out = Path(opts.out)
     partial = partial_dir(out)
-    for target in (out, partial):
-        check_disjoint(target, [opts.source], "--out", "--source")
-    check_output(out, "--out")  # its folder must exist
+    try:  # the CLI requires --out's folder to exist (outputs.check_output); API callers (shard builds) get it made
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {out.parent}: {exc.strerror}") from None
     with BuildLock(out):
         prepare(out, opts.overwrite)
         try:

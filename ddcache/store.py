@@ -16,6 +16,7 @@ import lmdb
 import msgpack
 import numpy as np
 
+from . import shard_set
 from .codec import checksum, decode_record
 from .errors import CorruptRecordError, UserError
 from .lmdb_file import DamagedFileError, check_data_file
@@ -250,7 +251,7 @@ def read_value(path, key):
 
 
 class CacheReader:
-    """Random access to one cache or to a list of shard caches read as one dataset.
+    """Random access to one cache or to a list of shard caches (or shard-set directories) read as one dataset.
 
     Global index ``i`` runs over the caches in the order given. Nothing is
     opened until the first record is read, so a reader can be created in a
@@ -258,9 +259,7 @@ class CacheReader:
     """
 
     def __init__(self, paths):
-        if isinstance(paths, (str, os.PathLike)):
-            paths = [paths]
-        self.paths = [Path(p) for p in paths]
+        self.paths = shard_set.expand(paths)  # a shard-set directory stands for its shard caches
         if not self.paths:
             raise UserError("no cache given")
         self.manifests = [read_manifest(p) for p in self.paths]  # first: a symlink loop or a non-cache fails here

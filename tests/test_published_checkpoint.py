@@ -77,7 +77,8 @@ def case_config():
 
 
 def test_strict_export_accepts_the_published_inventory(published_like, tmp_path):
-    from trainer.inference_export import export_inference_weights, read_weights
+    from trainer.inference_export import export_inference_weights
+    from trainer.weights import read_weights
 
     prefix, values, _ = published_like
     config, overrides = case_config()
@@ -105,7 +106,7 @@ def test_fine_tuning_from_the_published_inventory_reports_nothing_missing(publis
     from tensorpack.tfutils.tower import TowerContext
 
     from trainer.model.detector import CascadeRCNN
-    from trainer.weights import load_weights
+    from trainer.fine_tune import load_weights
 
     prefix, values, _ = published_like
     config, overrides = case_config()

@@ -218,6 +218,7 @@ def build_dataflow(cfg, train_paths, choice, workers, seed, failure, start_step=
 
     from ddcache.dataflow import streaming_dataflow
     from trainer.guards import FailureReport, StarvationCheck
+    from trainer.sample_log import record_reads
     from trainer.train_data import build_train_dataflow
 
     source = streaming_dataflow(
@@ -237,6 +238,7 @@ def build_dataflow(cfg, train_paths, choice, workers, seed, failure, start_step=
                         f"{', '.join(map(str, train_paths))}")
     images_per_step = max(1, choice.num_gpus) if choice.kind == "replicated" else 1
     source.set_epoch(int(start_step) * images_per_step // share)
+    source = record_reads(source, choice.rank)  # DDTRAIN_SAMPLE_LOG: which samples this rank read
 
     def starved(records):
         return (f"no usable training sample in {records} records in a row ({share} per epoch): every box is NaN, "
@@ -318,7 +320,7 @@ def plan_run(config, train, val, logdir, weights=None, overrides=(), steps=None,
         warn(message)
     resume = latest_checkpoint(logdir) if logdir.is_dir() else None
     if weights is not None and not resume:
-        from trainer.inference_export import resolve_weights
+        from trainer.weights import resolve_weights
 
         resolve_weights(weights)  # a wrong path is a one-line error before TensorFlow is even imported
     start_step = checkpoint_step(resume) if resume else 0
@@ -424,7 +426,7 @@ def _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_ev
         echo(f"resuming from {resume} (global step {start_step})")
         session_init = SaverRestore(resume)
     elif plan.weights is not None:
-        from trainer.weights import FineTuneInit
+        from trainer.fine_tune import FineTuneInit
 
         session_init = FineTuneInit(plan.weights, strip_training=True, echo=echo)
 
@@ -495,6 +497,9 @@ def _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_ev
         step = failure.step if failure.step is not None else tp_trainer.loop.global_step
         raise TrainingFailed(step, failure.reason, latest_checkpoint(logdir))
     final_step = tp_trainer.loop.global_step
+    if not choice.is_chief:  # its saver never runs; rank 0's last save may still be in progress
+        echo(f"done at global step {final_step}; rank {choice.rank} writes no checkpoints (rank 0 does)")
+        return {"global_step": final_step, "checkpoint": None, "logdir": str(logdir), "eval": []}
     checkpoint = saver.last_path or latest_checkpoint(logdir)
     echo(f"done at global step {final_step}; checkpoint {checkpoint}")
     return {"global_step": final_step, "checkpoint": checkpoint, "logdir": str(logdir), "eval": evaluation.history}
