@@ -199,23 +199,28 @@ def run_child(kind, *args):
 def replicate_cache(src, dst, n):
     """Write a cache of ``n`` records at ``dst`` by cycling the records of cache ``src`` (same bytes, same index).
 
-    The records, checksums and index entries are copied as they are; only the
-    keys are new. Returns ``dst``.
+    The records and their index entries are copied as they are (the cache
+    writer recomputes the same checksums); only the keys are new. Returns ``dst``.
     """
-    from ddcache.manifest import new_manifest, read_manifest
-    from ddcache.store import CacheReader, write_cache
+    from ddcache.manifest import read_manifest
+    from ddcache.store import CacheReader
+    from ddcache.writer import CacheHeader, CacheWriter
 
     reader = CacheReader(src)
     m = read_manifest(src)
     k = len(reader)
-    options = {**m["build_options"], "replicated_from": str(src)}
-    out = new_manifest(m["dataset"], m["split"], m["mode"], m["categories"], options, None)
-    out["counts"] = dict(m["counts"])
-    out["encoding"] = m.get("encoding")
+    header = CacheHeader(m["dataset"], m["split"], m["mode"], {**m["build_options"], "replicated_from": str(src)})
     index = m["index"]
-    items = ((reader.get_raw(i % k), m["checksums"][i % k], index["num_rows"][i % k], index["num_cols"][i % k],
-              index["num_cells"][i % k]) for i in range(n))
-    return write_cache(dst, out, items, map_size=1 << 32)
+    with CacheWriter.open(dst, header, map_size=1 << 32) as writer:
+        for i in range(n):
+            writer.append(reader.get_raw(i % k), (index["num_rows"][i % k], index["num_cols"][i % k],
+                                                  index["num_cells"][i % k]))
+            if writer.uncommitted >= 256:
+                writer.commit()
+        counts = {key: m["counts"][key] for key in ("num_read", "num_tables_written", "boxes_per_category",
+                                                     "dropped_boxes")}
+        writer.finish(counts, encoding=m.get("encoding"))
+    return Path(dst)
 
 
 # ---------------------------------------------------------------- report

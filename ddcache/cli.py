@@ -11,6 +11,7 @@ import click
 
 from . import __version__
 from .errors import CorruptRecordError, UserError
+from .resolution import MAX_LONG, MAX_SHORT, Resolution
 
 
 def _shard(value):
@@ -103,8 +104,8 @@ def sample(dataset, out, pages, seed):
 @click.option("--dpi", default="auto", show_default=True, callback=lambda c, p, v: _dpi(v),
               help="Render resolution; 'auto' stores each table at the largest size training uses "
                    "(short edge <= --max-short, long edge <= --max-long).")
-@click.option("--max-short", default=1200, show_default=True, type=click.IntRange(16), help="Largest training short edge (auto dpi).")
-@click.option("--max-long", default=1408, show_default=True, type=click.IntRange(16), help="Largest training long edge (auto dpi).")
+@click.option("--max-short", default=MAX_SHORT, show_default=True, type=click.IntRange(16), help="Largest training short edge (auto dpi).")
+@click.option("--max-long", default=MAX_LONG, show_default=True, type=click.IntRange(16), help="Largest training long edge (auto dpi).")
 @click.option("--pad", default=0.0, show_default=True, type=click.FloatRange(0), help="Margin around the table, in source units (points / pixels).")
 @click.option("--first-row-header", is_flag=True, help="Mark the first row as header (FinTabNet has no <thead>; noisy, opt-in).")
 @click.option("--annotations", default="table", show_default=True, type=click.Choice(["table", "cell"]),
@@ -128,8 +129,12 @@ def build(dataset, quiet, **kw):
     and CACHE/skipped.jsonl).
     """
     from .build import BuildOptions, build_cache
+    from .selection import RecordFilter
 
-    opts = BuildOptions(dataset=dataset, **kw)
+    resolution = Resolution(kw.pop("dpi"), kw.pop("max_short"), kw.pop("max_long"))
+    record_filter = RecordFilter.from_options(kw)
+    kw = {k: v for k, v in kw.items() if k not in record_filter.as_options()}
+    opts = BuildOptions(dataset=dataset, resolution=resolution, record_filter=record_filter, **kw)
     summary = build_cache(opts, progress=not quiet, echo=lambda m: click.echo(m, err=True))
     skipped = ", ".join(f"{k} {v}" for k, v in summary["skipped"].items()) or "none"
     click.echo(

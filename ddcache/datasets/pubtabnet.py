@@ -26,7 +26,7 @@ class PubTabNetReader(DatasetReader):
         "  PubTabNet_2.0.0.jsonl      one line per image, field `split` selects the split"
     )
 
-    def check_source(self, source, split, options=None):
+    def check_source(self, source, split, options):
         source = self.require_dir(source)
         if split not in self.splits:
             raise UserError(f"pubtabnet has no split {split!r} (choose from {', '.join(self.splits)})")
