@@ -9,9 +9,14 @@ One run, the same tables everywhere (a synthetic FinTabNet sample, train split):
       first (what the seed trainer does), then iterate the list;
   (b) on the fly: render + crop each table when it is asked for
       (``ddcache.build.render_samples``), no cache;
-  (c) streaming the cache (``ddcache bench``'s pipeline: readers that read,
-      check and decode in worker processes) with 1, 2 and N workers, for each
-      encoding (png / jpeg / raw), one exact epoch each.
+  (c) streaming the cache (``ddcache bench``: the one read path of
+      ``ddcache.dataflows`` -- read and check here, decode in 1, 2 and N map
+      worker processes), for each encoding (png / jpeg / raw), one exact
+      epoch each;
+  (d) the full training input of configs/cell.yaml as ``ddtrain train``
+      feeds the model (``ddcache bench --config``: decode, random resize,
+      flip and RPN anchor targets in 1, 2 and N map workers), for
+      ``--seconds``.
 
 Also: peak RSS when streaming a small vs a large cache (records of the png
 cache replicated by writing them directly, with their checksums and index,
@@ -95,18 +100,21 @@ def child_onthefly(source):
             "peak_rss_mb": rss.peak_mb, "peak_anon_mb": rss.peak_anon_mb, "start_rss_mb": rss.start_mb}
 
 
-def child_stream(cache, workers, seconds):
-    """(c): ``ddcache bench`` on ``cache``: one exact epoch, or ``seconds`` of streaming if given."""
+def child_stream(cache, workers, seconds, config=None):
+    """(c), (d): ``ddcache bench`` on ``cache``: one exact epoch, or ``seconds`` of streaming if given;
+    with ``config``, that config's full training input."""
     from ddcache.bench import run_bench
 
-    return run_bench(cache, workers=workers, seconds=seconds, epoch=seconds is None, seed=0)
+    return run_bench(cache, workers=workers, seconds=seconds, epoch=seconds is None, seed=0, config=config)
 
 
 def child_decode_ratio(cache):
     """Seconds to read+check+decode one epoch from the cache vs to decode the same records held in memory."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from ddcache.codec import decode_record
-    from ddcache.dataflow import CacheDataFlow
+    from ddcache.dataflows import map_records
+    from ddcache.decoding import RecordDecoder
+    from ddcache.source import CacheSource
     from ddcache.store import CacheReader
 
     reader = CacheReader(cache)
@@ -115,7 +123,7 @@ def child_decode_ratio(cache):
     for key, raw in records:
         decode_record(key, raw)
     memory_s = time.perf_counter() - t0
-    df = CacheDataFlow(cache, shuffle=True, seed=0)
+    df = map_records(CacheSource(cache, shuffle=True, seed=0), [RecordDecoder()])
     df.reset_state()
     t0 = time.perf_counter()
     n = sum(1 for _ in df)
@@ -124,25 +132,26 @@ def child_decode_ratio(cache):
             "ratio": stream_s / memory_s}
 
 
-def child_training(cache, config, workers, rounds=5):
+def child_training(cache, config, rounds=5):
     """Full training input (resize + flip + RPN anchor targets, `config`) vs read + decode alone, same samples.
 
-    Single process first (per-sample cost, the fair ratio): ``rounds`` pairs
-    of passes, read + decode then read + decode + map, so that both sides of
+    One process (per-sample cost, the fair ratio): ``rounds`` pairs of
+    passes, read + decode then read + decode + map, so that both sides of
     each ratio see the same machine load; the median ratio is reported with
-    its range. Then the real pipeline with ``workers`` map processes (which
-    decode as well, as in ``ddtrain``), over three epochs' worth of datapoints.
+    its range. (The multi-process pipeline is measured by the (d) rows.)
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
 
     import trainer  # noqa: F401
-    from ddcache.dataflow import CacheDataFlow
+    from ddcache.dataflows import map_records
+    from ddcache.decoding import RecordDecoder
+    from ddcache.source import CacheSource
     from trainer.config import load_config
-    from trainer.train_data import TrainingMapper, build_train_dataflow
+    from trainer.train_data import TrainingMapper
 
     cfg = load_config(config)
-    df = CacheDataFlow(cache, shuffle=True, seed=0)
+    df = map_records(CacheSource(cache, shuffle=True, seed=0), [RecordDecoder()])
     df.reset_state()
     mapper, rng = TrainingMapper(cfg, seed=0), np.random.RandomState(0)
     mapper.setup()  # a worker's one-off start-up (anchor grids), not a per-sample cost
@@ -159,23 +168,10 @@ def child_training(cache, config, workers, rounds=5):
         decode_total += decode_s
         full_total += full_s
     timings = {k: v / rounds for k, v in timings.items()}
-    # As ddtrain feeds it: encoded records to the map workers, which decode, resize and label.
-    pipeline = build_train_dataflow(CacheDataFlow(cache, shuffle=True, seed=1, decode=False), cfg, num_workers=workers,
-                                    seed=0)
-    pipeline.reset_state()
-    stream = iter(pipeline)
-    next(stream)  # start-up (forking, first fill) is not throughput
-    t0 = time.perf_counter()
-    got = 0
-    for _ in stream:  # tensorpack's non-strict map repeats its source endlessly
-        got += 1
-        if got >= 3 * mapped:
-            break
-    pipe_s = time.perf_counter() - t0
     return {"samples": n, "mapped": mapped, "rounds": rounds, "read_decode_per_s": rounds * n / decode_total,
             "training_input_per_s": rounds * mapped / full_total,
             "fraction_of_read_decode": float(np.median(per_round)), "fraction_per_round": per_round,
-            "stage_seconds": timings, "pipeline_workers": workers, "pipeline_per_s": got / pipe_s}
+            "stage_seconds": timings}
 
 
 CHILDREN = {"training": child_training, "inmemory": child_inmemory, "onthefly": child_onthefly, "stream": child_stream,
@@ -286,10 +282,16 @@ def main():
         rows.append({"name": "(a) in-memory float32 list", "kind": "inmemory", **a})
         b = run_child("onthefly", tmp / "raw")
         rows.append({"name": "(b) render on the fly", "kind": "onthefly", **b})
+        worker_counts = sorted({1, 2, max(1, args.workers)})
         for enc in ENCODINGS:
-            for w in sorted({1, 2, max(1, args.workers)}):
+            for w in worker_counts:
                 r = run_child("stream", caches[enc], w, None)
                 rows.append({"name": f"(c) stream {enc}, {w} worker(s)", "kind": "stream", "encoding": enc, **r})
+        config = Path(__file__).resolve().parents[1] / "configs" / "cell.yaml"
+        for w in worker_counts:
+            r = run_child("stream", caches["png"], w, args.seconds, str(config))
+            rows.append({"name": f"(d) training input png (cell.yaml), {w} worker(s)", "kind": "stream",
+                         "encoding": "png", **r})
 
         small = replicate_cache(caches["png"], tmp / "small", args.small)
         growth = {}
@@ -298,8 +300,7 @@ def main():
             growth[label] = {"cache_samples": n, **run_child("stream", path, max(1, args.workers), args.seconds)}
 
         ratios = {enc: run_child("decode_ratio", caches[enc]) for enc in ENCODINGS}
-        config = Path(__file__).resolve().parents[1] / "configs" / "cell.yaml"
-        training = run_child("training", caches["png"], config, max(1, args.workers))
+        training = run_child("training", caches["png"], config)
 
         payload = {
             "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
@@ -323,18 +324,16 @@ def main():
               markdown_table(["encoding", "samples", "from memory (s)", "streamed (s)", "ratio"],
                              [[enc, r["samples"], f"{r['decode_from_memory_s']:.3f}",
                                f"{r['stream_read_decode_s']:.3f}", f"{r['ratio']:.2f}"] for enc, r in ratios.items()]),
-              "", "## Full training input (cell.yaml: resize + flip + RPN anchor targets) vs read + decode alone", "",
+              "", "## Full training input (cell.yaml: resize + flip + RPN anchor targets) vs read + decode alone (1 process)", "",
               markdown_table(["samples", "read+decode /s", "+ training preprocessing /s",
                               f"fraction (median of {training['rounds']}, range)",
-                              "per sample ms: resize+flip / anchor labels / sampling+dense targets",
-                              f"pipeline with {training['pipeline_workers']} workers /s"],
+                              "per sample ms: resize+flip / anchor labels / sampling+dense targets"],
                              [[training["samples"], f"{training['read_decode_per_s']:.1f}",
                                f"{training['training_input_per_s']:.1f}",
                                f"{training['fraction_of_read_decode']:.2f} ({min(training['fraction_per_round']):.2f}"
                                f"-{max(training['fraction_per_round']):.2f})",
                                " / ".join(f"{1e3 * training['stage_seconds'][k] / training['mapped']:.1f}"
-                                          for k in ("resize_flip", "matching", "sampling")),
-                               f"{training['pipeline_per_s']:.1f}"]]),
+                                          for k in ("resize_flip", "matching", "sampling"))]]),
               "", "RSS sums the process tree (forked workers count pages shared with their parent again); "
               "PSS splits shared pages between processes (the honest total, taken once when streaming stops); "
               "growth = peak minus the RSS after imports (streaming imports TensorFlow via tensorpack, as the "

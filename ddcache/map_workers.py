@@ -1,0 +1,95 @@
+"""The tensorpack worker patch: ``MultiProcessMapDataZMQ`` whose workers never drop a reply, die with their
+parent, and whose death is an error instead of a hang.
+
+This is the only ddcache module that imports tensorpack. tensorpack imports
+TensorFlow, and TensorFlow reads ``TF_USE_LEGACY_KERAS`` once, at its first
+import; tensorpack's layers need legacy Keras (FACTS.md §5), so the variable
+gets its default here, before that import, for whatever the process builds
+with tensorpack later (an explicit setting is kept).
+"""
+import ctypes
+import os
+import signal
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from tensorpack.dataflow import MultiProcessMapDataZMQ  # noqa: E402
+
+_PR_SET_PDEATHSIG = 1
+
+
+class WorkerDiedError(RuntimeError):
+    """A map worker process ended (killed by a signal, the OOM killer, ...) while results were outstanding."""
+
+
+def die_with_parent(parent_pid):
+    """Ask Linux to SIGKILL this process when its parent dies (tensorpack wants python-prctl for this)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+class LosslessMapDataZMQ(MultiProcessMapDataZMQ):
+    """``MultiProcessMapDataZMQ`` whose workers never silently drop a result; use it for every multi-process map.
+
+    tensorpack gives each REP worker socket a high-water mark of
+    ``2 * buffer_size / num_proc`` messages. A REP socket whose outgoing pipe
+    is at its mark drops the reply without an error (libzmq issue #4750), and
+    the pipe counts lag by up to half the mark; with MB-sized table crops that
+    happened here in about one run in three, after which the consumer waited
+    forever for the missing reply. Requests in flight are already bounded by
+    ``buffer_size`` on the consumer's side, so workers get no mark at all
+    (0 = unlimited): no reply is ever dropped and memory stays bounded.
+
+    Workers die with the process that starts them (``PR_SET_PDEATHSIG``, set
+    before they wait for their first request): tensorpack relies on
+    python-prctl for that, which is not a dependency here. A worker that dies
+    first makes the consumer raise :class:`WorkerDiedError` at its next
+    receive (its outstanding requests are lost, so waiting would be forever).
+    The map function must not raise either (tensorpack's worker would die
+    with it): ``ddcache.dataflows.RecordSteps`` turns errors into values.
+    """
+
+    def _create_worker(self, id, pipename, hwm):
+        worker = super()._create_worker(id, pipename, 0)
+        parent, run = os.getpid(), worker.run
+
+        def run_dying_with_parent():
+            die_with_parent(parent)
+            run()
+
+        worker.run = run_dying_with_parent  # called by Process._bootstrap in the forked worker
+        return worker
+
+    @property
+    def worker_pids(self):
+        return [p.pid for p in self._procs]
+
+    def _recv(self):
+        while True:
+            dead = [p for p in self._procs if not p.is_alive()]
+            if dead:
+                raise WorkerDiedError(f"map worker process {dead[0].pid} died (exit code {dead[0].exitcode}); "
+                                      "its records are lost")
+            if self.socket.poll(timeout=1000):  # ms; between polls: is every worker still alive?
+                return super()._recv()
+
+    def close(self):
+        """Stop and join the worker processes (idempotent; tensorpack does this at garbage collection)."""
+        if getattr(self, "_reset_done", False) and not self.context.closed:
+            self.socket.close(0)
+            self.context.destroy(0)
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join(5)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
