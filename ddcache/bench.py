@@ -221,7 +221,8 @@ def _default_workers():
                    "(0 = everything in this process). Default: all cores.")
 @click.option("--seconds", default=10.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="How long to stream (ignored with --epoch).")
-@click.option("--epoch", is_flag=True, help="Stream exactly one epoch; also report samples and unique samples seen.")
+@click.option("--epoch", is_flag=True, help="Stream exactly one epoch; also report the samples and how many were "
+                                           "distinct (with --config: datapoints and records without a trained box).")
 @click.option("--config", type=click.Path(dir_okay=False),
               help="Also run this trainer config's training preprocessing (random resize, flip, RPN anchor targets), "
                    "exactly as `ddtrain train --workers N` feeds the model.")

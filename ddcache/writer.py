@@ -34,7 +34,8 @@ from pathlib import Path
 from . import categories as C
 from .codec import checksum
 from .errors import UserError
-from .manifest import MANIFEST_NAME, SKIP_REPORT_NAME, append_record, new_manifest, record_key, write_manifest
+from .manifest import (MANIFEST_NAME, SKIP_REPORT_NAME, append_record, new_manifest, read_manifest, record_key,
+                       write_manifest)
 from .store import LmdbWriter
 
 _HEADER, _STATE, _SUMS, _SKIPS = "header", "state", "sum/", "skip/"
@@ -80,6 +81,7 @@ class CacheWriter:
         self.header = header
         self._lmdb = lmdb_writer
         saved = state or {}
+        self.resumed = lmdb_writer is None or state is not None  # an earlier run committed (or finished) here
         self.state = saved.get("caller")  # the caller's state of the last commit (None: nothing committed yet)
         counts = saved.get("writer", {"records": 0, "bytes": 0, "skips": 0, "skipped": {}})
         self.num_records, self.num_bytes = counts["records"], counts["bytes"]
@@ -110,8 +112,7 @@ class CacheWriter:
         partial = _partial_dir(out)
         wanted = header.as_dict()
         if (partial / MANIFEST_NAME).is_file():  # an earlier finish() stopped before the rename
-            with open(partial / MANIFEST_NAME, encoding="utf-8") as f:
-                manifest = json.load(f)
+            manifest = read_manifest(partial)
             saved = {k: manifest.get(k) for k in wanted}
             if _same_or_discarded(partial, saved, wanted, overwrite):
                 writer = cls(out, header, None, None)
@@ -126,11 +127,6 @@ class CacheWriter:
             lmdb_writer.commit([], {_HEADER: wanted})
             return cls(out, header, lmdb_writer, None)
         return cls(out, header, lmdb_writer, lmdb_writer.get_meta(_STATE))
-
-    @property
-    def resumed(self):
-        """True when an earlier run had committed something (or finished writing) here."""
-        return self.complete or self.state is not None
 
     # ------------------------------------------------------------ writing
 

@@ -1,12 +1,10 @@
 """Build guarantees: nothing lost on bad input, deterministic across workers, resumable after SIGKILL, sharded."""
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -20,7 +20,7 @@ from ddcache import categories as C
 from ddcache.dataflows import RecordSteps, map_records
 from ddcache.decoding import RecordDecoder
 from ddcache.errors import CorruptRecordError, UserError
-from ddcache.map_workers import LosslessMapDataZMQ, WorkerDiedError
+from ddcache.map_workers import LosslessMapDataZMQ
 from ddcache.selection import RecordFilter
 from ddcache.source import CacheSource, CorruptRecord, EncodedRecord
 from ddcache.store import CacheReader
