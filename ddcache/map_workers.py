@@ -80,9 +80,10 @@ class LosslessMapDataZMQ(MultiProcessMapDataZMQ):
 
     def close(self):
         """Stop and join the worker processes (idempotent; tensorpack does this at garbage collection)."""
-        if getattr(self, "_reset_done", False) and not self.context.closed:
+        context = getattr(self, "context", None)  # absent if reset_state() failed before creating it
+        if context is not None and not context.closed:
             self.socket.close(0)
-            self.context.destroy(0)
+            context.destroy(0)
         for proc in self._procs:
             if proc.is_alive():
                 proc.terminate()

@@ -97,8 +97,21 @@ class LmdbWriter:
                         break
 
     def close(self):
+        """Sync and close; then make ``data.mdb`` cover every page LMDB has allocated.
+
+        A transaction may take pages past the end of the file and free them
+        again before it commits (LMDB then never writes them: seen after
+        deleting many keys), which leaves ``data.mdb`` shorter than its
+        ``last_pgno`` says. Readers take such a file for a truncated one
+        (:func:`check_not_truncated`, which guards against SIGBUS), so the
+        file is extended with zero pages, which nothing references or reads.
+        """
+        needed = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
         self.env.sync(True)
         self.env.close()
+        data = self.path / "data.mdb"
+        if data.stat().st_size < needed:
+            os.truncate(data, needed)
 
 
 def open_readonly(path):

@@ -114,3 +114,22 @@ def test_other_options_are_refused_or_discarded_and_out_is_never_clobbered(tmp_p
         w.finish()
     assert read_manifest(out)["counts"]["num_samples"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]  # no .partial or .old left behind
+
+
+def test_a_finished_data_mdb_covers_every_page_lmdb_allocated(tmp_path):
+    """Deleting the bookkeeping can leave data.mdb a page shorter than LMDB's last_pgno (a page taken and freed
+    again in the transaction is never written); readers would call such a cache truncated. Seen with these sizes."""
+    records = [bytes([i % 251]) * 20_000 for i in range(69)]
+    with CacheWriter.open(tmp_path / "c", HEADER) as w:
+        for k, raw in enumerate(records):
+            w.append(raw, (1, 1, 1))
+            if w.uncommitted == 32:
+                w.commit({"k": k})
+        w.finish()
+    env = lmdb.open(str(tmp_path / "c"), readonly=True, lock=False)
+    try:
+        needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    finally:
+        env.close()
+    assert (tmp_path / "c" / "data.mdb").stat().st_size >= needed
+    assert CacheReader(tmp_path / "c").get_raw(68) == records[68]  # not refused as truncated
