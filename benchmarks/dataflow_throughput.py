@@ -19,11 +19,12 @@ One run, the same tables everywhere (a synthetic FinTabNet sample, train split):
       ``--seconds``.
 
 Also: peak RSS when streaming a small vs a large cache (records of the png
-cache replicated by writing them directly, with their checksums and index,
-into caches of ``--small`` and ``--large`` samples -- the same bytes a build
-of that many tables would hold per record), and the cost of streaming
-read + check + decode relative to decoding the same encoded records from a
-list in memory (one process).
+cache replicated through the cache writer into caches of ``--small`` and
+``--large`` samples -- the same bytes a build of that many tables would
+hold per record), and, in one process with 5 interleaved pairs of passes
+each, the cost of streaming read + check + decode relative to decoding the
+same encoded records from a list in memory, and of the full training input
+relative to read + decode.
 
 Every measurement runs in its own child process, so RSS is not shared
 between them. RSS is summed over a process tree: forked workers count the
@@ -108,9 +109,15 @@ def child_stream(cache, workers, seconds, config=None):
     return run_bench(cache, workers=workers, seconds=seconds, epoch=seconds is None, seed=0, config=config)
 
 
-def child_decode_ratio(cache):
-    """Seconds to read+check+decode one epoch from the cache vs to decode the same records held in memory."""
+def child_decode_ratio(cache, rounds=5):
+    """Seconds to read+check+decode one epoch from the cache vs to decode the same records held in memory.
+
+    ``rounds`` interleaved pairs of passes (so both sides of each ratio see the
+    same machine load); the median ratio is reported with its range.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
+
     from ddcache.codec import decode_record
     from ddcache.dataflows import map_records
     from ddcache.decoding import RecordDecoder
@@ -119,17 +126,21 @@ def child_decode_ratio(cache):
 
     reader = CacheReader(cache)
     records = [(f"{i:08d}", reader.get_raw(i)) for i in range(len(reader))]
-    t0 = time.perf_counter()
-    for key, raw in records:
-        decode_record(key, raw)
-    memory_s = time.perf_counter() - t0
     df = map_records(CacheSource(cache, shuffle=True, seed=0), [RecordDecoder()])
     df.reset_state()
-    t0 = time.perf_counter()
-    n = sum(1 for _ in df)
-    stream_s = time.perf_counter() - t0
-    return {"samples": n, "decode_from_memory_s": memory_s, "stream_read_decode_s": stream_s,
-            "ratio": stream_s / memory_s}
+    memory, stream = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for key, raw in records:
+            decode_record(key, raw)
+        memory.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        n = sum(1 for _ in df)
+        stream.append(time.perf_counter() - t0)
+    ratios = [s_ / m for s_, m in zip(stream, memory)]
+    return {"samples": n, "rounds": rounds, "decode_from_memory_s": float(np.median(memory)),
+            "stream_read_decode_s": float(np.median(stream)), "ratio": float(np.median(ratios)),
+            "ratio_per_round": ratios}
 
 
 def child_training(cache, config, rounds=5):
@@ -321,9 +332,12 @@ def main():
                                f"{g['peak_rss_mb'] - g['start_rss_mb']:.0f}", f"{g['peak_anon_mb']:.0f}",
                                _mb(g.get("end_pss_mb"))] for g in growth.values()]),
               "", "## Streaming read + check + decode vs decoding the same records from memory (1 process)", "",
-              markdown_table(["encoding", "samples", "from memory (s)", "streamed (s)", "ratio"],
+              markdown_table(["encoding", "samples", "from memory (s, median)", "streamed (s, median)",
+                              "time ratio streamed / memory (median of 5, range)"],
                              [[enc, r["samples"], f"{r['decode_from_memory_s']:.3f}",
-                               f"{r['stream_read_decode_s']:.3f}", f"{r['ratio']:.2f}"] for enc, r in ratios.items()]),
+                               f"{r['stream_read_decode_s']:.3f}",
+                               f"{r['ratio']:.2f} ({min(r['ratio_per_round']):.2f}-{max(r['ratio_per_round']):.2f})"]
+                              for enc, r in ratios.items()]),
               "", "## Full training input (cell.yaml: resize + flip + RPN anchor targets) vs read + decode alone (1 process)", "",
               markdown_table(["samples", "read+decode /s", "+ training preprocessing /s",
                               f"fraction (median of {training['rounds']}, range)",

@@ -183,11 +183,14 @@ def run_bench(paths, workers=2, seconds=10.0, epoch=False, seed=0, config=None):
 
 
 def _pipeline_builder(config):
-    """``build(paths, workers, seed) -> (stream, source)`` for decoding alone, or for ``config``'s training input."""
+    """``build(paths, workers, seed) -> (stream, source)`` for decoding alone, or for ``config``'s training input.
+
+    Everything is imported here, before the clock starts (tensorpack imports TensorFlow: seconds).
+    """
+    from .dataflows import map_records
     from .source import CacheSource
 
     if config is None:
-        from .dataflows import map_records
         from .decoding import RecordDecoder
 
         def build(paths, workers, seed):
