@@ -22,8 +22,11 @@ setup(
         "matplotlib>=3.7",
         "pycocotools>=2.0.7",
         "tensorpack==0.11",
+        # one TensorFlow for CPU and GPU ("tensorflow[and-cuda]==2.21.0" adds the CUDA libraries);
+        # tf-keras (legacy Keras, which tensorpack needs) requires "tensorflow", so nothing else is pulled in
         "tensorflow==2.21.0",
         "tf-keras==2.21.0",
+        "tensorboard>=2.20",
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={

@@ -21,6 +21,7 @@ Guarantees and how they are kept:
 import errno
 import multiprocessing as mp
 import os
+import signal
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -160,6 +161,19 @@ def _init_worker(opts):
     _WORKER.update(opts=opts, reader=get_reader(opts.dataset))
 
 
+def _init_pool_worker(opts):
+    """Pool initializer: ignore SIGINT, then :func:`_init_worker`.
+
+    A terminal's Ctrl-C reaches every process of the group. A pool worker
+    killed by it while holding the pool's task-queue lock, or halfway through
+    writing a result, leaves the pool's teardown waiting forever (seen: one
+    Ctrl-C in ten hung). The parent alone handles Ctrl-C and stops the pool.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    _init_worker(opts)
+
+
 def _skip(line, reason, detail):
     return Skip(reason, line.annotation_file, line.line_no, str(detail)[:300])
 
@@ -250,7 +264,13 @@ def _results(tasks, opts):
         return
     ctx = mp.get_context("fork")
     window = workers * 8
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(opts,)) as pool:
+    # SIGINT stays blocked while the pool forks, so no worker exists without its SIG_IGN (_init_pool_worker)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        pool = ctx.Pool(workers, initializer=_init_pool_worker, initargs=(opts,))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    with pool:
         pending = deque()
         tasks = iter(tasks)
         exhausted = False

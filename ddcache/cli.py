@@ -11,6 +11,8 @@ import click
 
 from . import __version__
 from .errors import CorruptRecordError, UserError
+from .interrupts import CommandInterrupted, bounded_interrupt, say_once
+from .outputs import check_output
 from .resolution import MAX_LONG, MAX_SHORT, Resolution
 
 
@@ -82,11 +84,18 @@ def describe(name):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to write the raw dataset into.")
 @click.option("--pages", default=24, show_default=True, type=click.IntRange(1), help="Pages (fintabnet) or images (pubtabnet).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Same seed, same bytes.")
-def sample(dataset, out, pages, seed):
-    """Write a synthetic dataset in exactly the raw layout and format of the real one."""
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier sample at --out (only one written by ddcache sample; other files are kept).")
+def sample(dataset, out, pages, seed, overwrite):
+    """Write a synthetic dataset in exactly the raw layout and format of the real one.
+
+    --out must be new or empty; an earlier sample there is replaced only with
+    --overwrite, and a folder that is not a ddcache sample (a real dataset) never.
+    """
     from .synth import write_sample
 
-    summary = write_sample(dataset, out, pages=pages, seed=seed)
+    check_output(out, "--out")
+    summary = write_sample(dataset, out, pages=pages, seed=seed, overwrite=overwrite)
     splits = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
     click.echo(f"wrote {summary['tables']} tables on {summary['pages']} pages to {out} ({splits})")
 
@@ -131,11 +140,13 @@ def build(dataset, quiet, **kw):
     from .build import BuildOptions, build_cache
     from .selection import RecordFilter
 
+    check_output(kw["out"], "--out")
     resolution = Resolution(kw.pop("dpi"), kw.pop("max_short"), kw.pop("max_long"))
     record_filter = RecordFilter.from_options(kw)
     kw = {k: v for k, v in kw.items() if k not in record_filter.as_options()}
     opts = BuildOptions(dataset=dataset, resolution=resolution, record_filter=record_filter, **kw)
-    summary = build_cache(opts, progress=not quiet, echo=lambda m: click.echo(m, err=True))
+    with bounded_interrupt(f"interrupted: the build resumes from {kw['out']}.partial when you re-run the same command"):
+        summary = build_cache(opts, progress=not quiet, echo=lambda m: click.echo(m, err=True))
     skipped = ", ".join(f"{k} {v}" for k, v in summary["skipped"].items()) or "none"
     click.echo(
         f"{summary['out']}: {summary['num_samples']} samples from {summary['num_read']} lines "
@@ -187,6 +198,7 @@ def show(caches, index, out, categories):
     from .draw import draw_sample
     from .store import CacheReader
 
+    check_output(out, "--out")
     reader = CacheReader(caches)
     if index >= len(reader):
         raise UserError(f"--index {index} out of range: the cache holds {len(reader)} samples")
@@ -211,6 +223,7 @@ def export(caches, fmt, out, categories, overwrite):
     from .categories import ids_for
     from .export import export_coco
 
+    check_output(out, "--out")
     try:
         wanted = ids_for(categories.split(",")) if categories else None
     except ValueError as exc:
@@ -231,11 +244,20 @@ _register_optional()
 
 
 def run_with_error_policy(group, prog):
-    """Run a click group: user mistakes -> one line on stderr + exit 2, Ctrl-C -> exit 130, no tracebacks."""
+    """Run a click group: user mistakes -> one line on stderr + exit 2, Ctrl-C -> one line + exit 130, no tracebacks.
+
+    A command that knows what Ctrl-C leaves behind raises
+    ``CommandInterrupted`` with that line (``ddcache build``: where it
+    resumes); elsewhere the line is ``interrupted``. click turns a
+    KeyboardInterrupt into ``Abort`` (the interrupt is its cause).
+    """
     try:
         group(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except CommandInterrupted as exc:
+        say_once(f"{prog}: {exc}")
+        sys.exit(130)
+    except click.exceptions.Abort as exc:
+        say_once(f"{prog}: interrupted" if isinstance(exc.__cause__, KeyboardInterrupt) else f"{prog}: aborted")
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
@@ -244,7 +266,7 @@ def run_with_error_policy(group, prog):
         click.echo(f"{prog}: error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        click.echo("interrupted (a build re-run with the same command resumes)" if prog == "ddcache" else "interrupted", err=True)
+        say_once(f"{prog}: interrupted")
         sys.exit(130)
     except BrokenPipeError:
         os._exit(0)

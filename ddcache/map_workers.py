@@ -13,6 +13,7 @@ import signal
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
+import zmq  # noqa: E402
 from tensorpack.dataflow import MultiProcessMapDataZMQ  # noqa: E402
 
 _PR_SET_PDEATHSIG = 1
@@ -48,8 +49,8 @@ class LosslessMapDataZMQ(MultiProcessMapDataZMQ):
     Workers die with the process that starts them (``PR_SET_PDEATHSIG``, set
     before they wait for their first request): tensorpack relies on
     python-prctl for that, which is not a dependency here. A worker that dies
-    first makes the consumer raise :class:`WorkerDiedError` at its next
-    receive (its outstanding requests are lost, so waiting would be forever).
+    first makes the consumer raise :class:`WorkerDiedError` at its next send
+    or receive (its outstanding requests are lost, so waiting would be forever).
     The map function must not raise either (tensorpack's worker would die
     with it): ``ddcache.dataflows.RecordSteps`` turns errors into values.
     """
@@ -69,17 +70,34 @@ class LosslessMapDataZMQ(MultiProcessMapDataZMQ):
     def worker_pids(self):
         return [p.pid for p in self._procs]
 
+    def _check_workers(self):
+        """WorkerDiedError if a worker process has ended (its outstanding requests will never be answered)."""
+        for k, proc in enumerate(self._procs):
+            if not proc.is_alive():
+                code = proc.exitcode
+                how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                raise WorkerDiedError(f"map worker {k} (pid {proc.pid}) died ({how})")
+
+    def _send(self, dp):
+        # a DEALER socket blocks on send once no worker is connected: wait in steps, checking the workers
+        while not self.socket.poll(timeout=1000, flags=zmq.POLLOUT):
+            self._check_workers()
+        super()._send(dp)
+
     def _recv(self):
         while True:
-            dead = [p for p in self._procs if not p.is_alive()]
-            if dead:
-                raise WorkerDiedError(f"map worker process {dead[0].pid} died (exit code {dead[0].exitcode}); "
-                                      "its records are lost")
+            self._check_workers()
             if self.socket.poll(timeout=1000):  # ms; between polls: is every worker still alive?
                 return super()._recv()
 
     def close(self):
-        """Stop and join the worker processes (idempotent; tensorpack does this at garbage collection)."""
+        """Stop and join the worker processes (idempotent; tensorpack does this at garbage collection).
+
+        A no-op once someone else has taken over the clean-up by clearing
+        ``_reset_done`` (as tensorpack's own clean-up expects).
+        """
+        if not getattr(self, "_reset_done", False):
+            return
         context = getattr(self, "context", None)  # absent if reset_state() failed before creating it
         if context is not None and not context.closed:
             self.socket.close(0)

@@ -81,24 +81,33 @@ class Resolution:
         return {"dpi": self.dpi, "max_short": int(self.max_short), "max_long": int(self.max_long)}
 
     @classmethod
-    def from_manifest(cls, manifest):
-        """The resolution a cache was built with (its manifest's ``build_options``)."""
-        options = manifest.get("build_options") or {}
+    def from_options(cls, options):
+        """The resolution stored in a manifest's ``build_options`` mapping (defaults for missing entries).
+
+        Raises ValueError (or TypeError) for values that are not a resolution.
+        """
         default = cls()
         return cls(options.get("dpi", default.dpi), options.get("max_short", default.max_short),
                    options.get("max_long", default.max_long))
 
-    def below(self, short_edge, max_size):
-        """Why images at this resolution are smaller than a training size asks for, or None.
+    @classmethod
+    def from_manifest(cls, manifest):
+        """The resolution a cache was built with (its manifest's ``build_options``)."""
+        return cls.from_options(manifest.get("build_options") or {})
 
-        ``short_edge``: the largest training short edge (px), ``max_size`` its
-        long-edge cap. Known only in auto mode; a fixed dpi gives per-table
-        sizes that the manifest does not record, so this returns None.
+    def below(self, short_edge, max_size):
+        """Why images at this resolution are smaller than a training size asks for (one line), or None.
+
+        ``short_edge``: the largest short edge training resizes to (px),
+        ``max_size`` its long-edge cap. Known only in auto mode: a fixed dpi
+        gives per-table sizes that the manifest does not record (None).
         """
         if not self.auto or (self.max_short >= short_edge and self.max_long >= max_size):
             return None
-        return (f"stored with short edge <= {self.max_short} px and long edge <= {self.max_long} px, but training "
-                f"resizes to short edge {short_edge} px / long edge {max_size} px: images are upsampled (blurred)")
+        return (f"stored at most {int(self.max_short)} px short edge / {int(self.max_long)} px long edge, but the "
+                f"config resizes to up to {int(short_edge)} / {int(max_size)}: images will be upsampled (blurred); "
+                f"rebuild with --max-short {max(int(self.max_short), int(short_edge))} "
+                f"--max-long {max(int(self.max_long), int(max_size))}")
 
 
 def _trim(lo, hi, box_lo, box_hi, limit):

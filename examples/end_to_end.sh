@@ -10,9 +10,10 @@ STEPS=${STEPS:-60}
 mkdir -p "$OUT"
 
 echo "== 1. synthetic raw dataset (FinTabNet layout: one-page PDFs + jsonl)"
-ddcache sample fintabnet --out "$OUT/raw" --pages 80 --seed 0
+ddcache sample fintabnet --out "$OUT/raw" --pages 80 --seed 0 --overwrite
 
 echo "== 2. build the caches (all cores, resumable, published atomically)"
+mkdir -p "$OUT/cache"
 ddcache build fintabnet --source "$OUT/raw" --split train --out "$OUT/cache/train" --overwrite
 ddcache build fintabnet --source "$OUT/raw" --split val --out "$OUT/cache/val" --overwrite
 
@@ -29,7 +30,7 @@ ddtrain train --config "$HERE/configs/tiny.yaml" --train "$OUT/cache/train" --va
     --logdir "$OUT/train" --steps "$STEPS" --workers 1 --override TRAIN.STEPS_PER_EPOCH=20 --eval-max-datapoints 8
 
 echo "== 6. evaluate (COCO, maxDets 50/200/600) and export an inference-only model"
-ddtrain export --weights "$OUT/train" --out "$OUT/model.npz" --config "$HERE/configs/tiny.yaml"
+ddtrain export --weights "$OUT/train" --out "$OUT/model.npz" --config "$HERE/configs/tiny.yaml" --overwrite
 ddtrain eval --config "$HERE/configs/tiny.yaml" --cache "$OUT/cache/val" --weights "$OUT/model.npz" --out "$OUT/eval"
 
 echo "== 7. predict on a table crop"

@@ -70,10 +70,11 @@ def make_sample(i, rows, cols, cell_px=12, source_file="synthetic.jsonl"):
 
 
 def write_records(path, raws, index_rows, dataset="fintabnet", split="train", mode="table", encoding="png",
-                  shard=None):
+                  shard=None, boxes_per_category=None):
     """Write already-encoded records ``raws`` (bytes, in key order) + their manifest into ``path``.
 
-    ``index_rows``: one ``(num_rows, num_cols, num_cells)`` per record.
+    ``index_rows``: one ``(num_rows, num_cols, num_cells)`` per record;
+    ``boxes_per_category``: ``{name: count}`` for the manifest (as a build counts them).
     Returns ``path`` (a ``Path``).
     """
     header = CacheHeader(dataset, split, mode, {"encoding": encoding, "synthetic": True}, shard)
@@ -81,7 +82,8 @@ def write_records(path, raws, index_rows, dataset="fintabnet", split="train", mo
         for raw, index in zip(raws, index_rows):
             writer.append(raw, index)
         n = len(raws)
-        writer.finish({"num_read": n, "num_tables_written": n, "boxes_per_category": {}, "dropped_boxes": 0},
+        writer.finish({"num_read": n, "num_tables_written": n,
+                       "boxes_per_category": dict(sorted((boxes_per_category or {}).items())), "dropped_boxes": 0},
                       encoding=encoding)
     return Path(path)
 
@@ -92,12 +94,14 @@ def make_cache(path, n, encoding="png", rows=default_rows, cols=default_cols, st
     ``rows(i)`` / ``cols(i)`` choose each sample's grid (defaults vary 1..4 x 1..3).
     The sample number ``i`` is in ``provenance["table_id"]`` and pixel (0, 0).
     """
-    raws, index_rows = [], []
+    raws, index_rows, boxes = [], [], {}
     for i in range(start, start + n):
         s = make_sample(i, rows(i), cols(i), cell_px=cell_px)
         raws.append(encode_record(s, encoding))
         index_rows.append((s["num_rows"], s["num_cols"], int((s["category_ids"] == C.CELL).sum())))
-    return write_records(path, raws, index_rows, encoding=encoding, shard=shard)
+        for cid in s["category_ids"].tolist():
+            boxes[C.NAMES[cid]] = boxes.get(C.NAMES[cid], 0) + 1
+    return write_records(path, raws, index_rows, encoding=encoding, shard=shard, boxes_per_category=boxes)
 
 
 def _stored_value(path, key_index):

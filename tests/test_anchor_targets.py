@@ -11,11 +11,12 @@ from trainer.matcher import grid_valid_mask, iou_matrix, labels_from_match, matc
 NS = types.SimpleNamespace
 
 
-def _cfg(batch=512, fg_ratio=0.5):
+def _cfg(batch=512, fg_ratio=0.5, rule="reference"):
     return NS(FPN=NS(ANCHOR_STRIDES=(4, 8, 16, 32, 64), RESOLUTION_REQUIREMENT=32),
               RPN=NS(ANCHOR_SIZES=(8, 16, 32, 64, 128), ANCHOR_RATIOS=(0.25, 0.5, 1.0),
                      POSITIVE_ANCHOR_THRESH=0.7, NEGATIVE_ANCHOR_THRESH=0.3,
-                     BATCH_PER_IM=batch, FG_RATIO=fg_ratio, CROWD_OVERLAP_THRESH=9.99))
+                     BATCH_PER_IM=batch, FG_RATIO=fg_ratio, CROWD_OVERLAP_THRESH=9.99,
+                     BEST_ANCHOR_RULE=rule))
 
 
 def _cells(rng, m, h, w):
@@ -65,13 +66,17 @@ def test_fg_boxes_are_the_matched_gt_and_outside_anchors_ignored():
     assert outside.any() and (labels[outside] == -1).all()
 
 
-def test_every_gt_overlapped_by_an_anchor_gets_a_fg_anchor():
+def _thin_cells_case():
     rng = np.random.RandomState(2)
     h, w = 256, 320
-    params = RPNTargetParams.from_cfg(_cfg())
-    grids = AnchorGrids(params)
     # thin, tiny and ordinary cells: several have best IoU < 0.3
     gt = np.concatenate([_cells(rng, 30, h, w), [[10, 10, 13, 12], [50, 200, 250, 204], [300, 5, 318, 9]]]).astype(np.float32)
+    return rng, h, w, gt
+
+
+def test_always_positive_rule_gives_every_overlapped_gt_a_fg_anchor():
+    rng, h, w, gt = _thin_cells_case()
+    grids = AnchorGrids(RPNTargetParams.from_cfg(_cfg(rule="always_positive")))
     levels = grids.levels(h, w)
     flat = np.concatenate([g.reshape(-1, 4) for g in levels])
     valid = grid_valid_mask(levels, (h, w))
@@ -79,7 +84,7 @@ def test_every_gt_overlapped_by_an_anchor_gets_a_fg_anchor():
     overlapped = ious.max(axis=0) > 0
     assert (ious.max(axis=0)[overlapped] < 0.3).any()  # the rule is actually exercised
     # before subsampling
-    labels = labels_from_match(match_naive(flat, gt, valid), 0.7, 0.3)
+    labels = labels_from_match(match_naive(flat, gt, valid), 0.7, 0.3, "always_positive")
     for g in np.flatnonzero(overlapped):
         assert (labels[valid][ious[:, g] == ious[:, g].max()] == 1).all()
     # after subsampling: 33 gts stay below the fg budget, nothing is dropped
@@ -87,6 +92,35 @@ def test_every_gt_overlapped_by_an_anchor_gets_a_fg_anchor():
     fg = final[valid] == 1
     for g in np.flatnonzero(overlapped):
         assert fg[ious[:, g] > 0].any()
+
+
+def test_reference_rule_makes_a_best_anchor_below_the_negative_threshold_bg():
+    """tensorpack's order: best anchors -> fg, >= 0.7 -> fg, then < 0.3 -> bg (the bg rule wins)."""
+    _, h, w, gt = _thin_cells_case()
+    levels = AnchorGrids(RPNTargetParams.from_cfg(_cfg())).levels(h, w)
+    flat = np.concatenate([g.reshape(-1, 4) for g in levels])
+    valid = grid_valid_mask(levels, (h, w))
+    match = match_naive(flat, gt, valid)
+    labels = labels_from_match(match, 0.7, 0.3)
+    weak_best = match.is_gt_best & (match.max_iou < 0.3)
+    assert weak_best.any()  # exercised: some gt's best anchors reach only IoU < 0.3
+    assert (labels[weak_best] == 0).all()
+    strong_best = match.is_gt_best & (match.max_iou >= 0.3)
+    assert strong_best.any() and (labels[strong_best] == 1).all()
+    assert (labels[valid & (match.max_iou >= 0.7)] == 1).all()
+
+
+def test_reference_rule_with_a_gt_that_overlaps_no_anchor():
+    """The reference marks every anchor as 'best' of such a gt: all anchors in [0.3, 0.7) become fg."""
+    levels = AnchorGrids(RPNTargetParams.from_cfg(_cfg())).levels(128, 128)
+    flat = np.concatenate([g.reshape(-1, 4) for g in levels])
+    valid = grid_valid_mask(levels, (128, 128))
+    gt = np.array([[20, 20, 70, 60], [130, 0, 140, 10]], np.float32)  # the second overlaps no inside anchor
+    match = match_naive(flat, gt, valid)
+    assert match.unmatched_gt and match.gt_best[1] == 0
+    labels = labels_from_match(match, 0.7, 0.3)
+    assert np.array_equal(labels[valid] == 1, match.max_iou[valid] >= 0.3)
+    assert not match_naive(flat, gt[:1], valid).unmatched_gt
 
 
 def test_thresholds():

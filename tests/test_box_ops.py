@@ -1,4 +1,5 @@
-"""Box ops of the graph: IoU against hand-computed values, encode/decode round trip with weights, clipping."""
+"""Box ops of the graph: IoU against hand-computed values, encode/decode round trip with weights, the
+reference's decode clamp log(MAX_SIZE / 16), clipping."""
 import trainer  # noqa: F401  (legacy Keras before TensorFlow)
 
 import numpy as np
@@ -40,7 +41,7 @@ def test_encode_decode_round_trip_with_weights(weights):
     anchors = np.concatenate([xy, xy + rng.uniform(4, 200, (50, 2))], axis=1)
     xy = rng.uniform(0, 500, (50, 2))
     boxes = np.concatenate([xy, xy + rng.uniform(2, 300, (50, 2))], axis=1)
-    deltas, back = run(lambda b, a: (box_ops.encode(b, a, weights), box_ops.decode(box_ops.encode(b, a, weights), a, weights)),
+    deltas, back = run(lambda b, a: (box_ops.encode(b, a, weights), box_ops.decode(box_ops.encode(b, a, weights), a, 5.0, weights)),
                        boxes, anchors)
     np.testing.assert_allclose(back, boxes, rtol=1e-4, atol=1e-2)
     # the weights scale the targets: dx = wx * (gx - ax) / aw
@@ -52,12 +53,38 @@ def test_encode_decode_round_trip_with_weights(weights):
 
 def test_decode_known_delta_and_clamp():
     anchor = [[10, 20, 30, 60]]  # centre (20, 40), size 20 x 40
-    out = run(lambda d, a: box_ops.decode(d, a, (10.0, 10.0, 5.0, 5.0)), [[10.0, -5.0, 5 * np.log(2.0), 0.0]], anchor)
+    clamp = box_ops.scale_clamp(1408)
+    out = run(lambda d, a: box_ops.decode(d, a, clamp, (10.0, 10.0, 5.0, 5.0)), [[10.0, -5.0, 5 * np.log(2.0), 0.0]],
+              anchor)
     # dx/10 = 1 -> cx = 20 + 20 = 40; dy/10 = -0.5 -> cy = 40 - 20 = 20; w doubles to 40; h stays 40
     np.testing.assert_allclose(out, [[20, 0, 60, 40]], rtol=1e-5)
-    huge = run(lambda d, a: box_ops.decode(d, a), [[0.0, 0.0, 1e4, 1e4]], anchor)
+    huge = run(lambda d, a: box_ops.decode(d, a, clamp), [[0.0, 0.0, 1e4, 1e4]], anchor)
     assert np.all(np.isfinite(huge))
-    np.testing.assert_allclose(huge[0, 2] - huge[0, 0], 20 * 1000 / 16, rtol=1e-4)
+    # the reference clamps at log(MAX_SIZE / 16) with MAX_SIZE rounded to the resolution requirement
+    np.testing.assert_allclose(huge[0, 2] - huge[0, 0], 20 * 1408 / 16, rtol=1e-5)
+    np.testing.assert_allclose(huge[0, 3] - huge[0, 1], 40 * 1408 / 16, rtol=1e-5)
+
+
+def test_scale_clamp_is_log_max_size_over_16():
+    assert box_ops.scale_clamp(1408) == pytest.approx(np.log(88.0))
+    assert box_ops.scale_clamp(1344) == pytest.approx(np.log(84.0))
+
+
+def test_decode_matches_numpy_reference_formula():
+    """Centre (x0 + x1) * 0.5, size exp(min(d, clamp)) * anchor size, deltas divided by the weights first."""
+    rng = np.random.RandomState(3)
+    xy = rng.uniform(0, 300, (40, 2))
+    anchors = np.concatenate([xy, xy + rng.uniform(1, 100, (40, 2))], axis=1).astype(np.float32)
+    deltas = rng.normal(0, 2, (40, 4)).astype(np.float32) * np.float32([10, 10, 5, 5])
+    clamp = box_ops.scale_clamp(448)
+    got = run(lambda d, a: box_ops.decode(d, a, clamp, (10.0, 10.0, 5.0, 5.0)), deltas, anchors)
+    d = deltas / np.float32([10, 10, 5, 5])
+    size = anchors[:, 2:] - anchors[:, :2]
+    centre = (anchors[:, 2:] + anchors[:, :2]) * np.float32(0.5)
+    new_size = np.exp(np.minimum(d[:, 2:], np.float32(clamp))) * size
+    new_centre = d[:, :2] * size + centre
+    expected = np.concatenate([new_centre - new_size * 0.5, new_centre + new_size * 0.5], axis=1)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-4)
 
 
 def test_clip_to_image():

@@ -102,12 +102,15 @@ def test_sigkill_and_resume_gives_the_same_cache(replicated_source, tmp_path):
     # whatever instruction the build happens to be in.
     for fraction in (0.2, 0.5, 0.8):
         proc = subprocess.Popen(_build_cmd(replicated_source, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300  # a safety net against a build that never ends
         while proc.poll() is None and not (data.exists() and data.stat().st_size >= fraction * ref_bytes):
+            assert time.monotonic() < deadline, "the build neither grew nor ended"
             time.sleep(0.002)
-        if proc.poll() is not None:  # finished before this kill point: nothing left to interrupt
-            break
-        proc.send_signal(signal.SIGKILL)
+        proc.send_signal(signal.SIGKILL)  # a no-op if it has ended meanwhile
         proc.wait()
+        if proc.returncode != -signal.SIGKILL:  # it finished before the kill landed: nothing left to interrupt
+            assert proc.returncode == 0
+            break
         kills.append(data.stat().st_size)
         assert not out.exists(), "a killed build must not publish"
         with pytest.raises(UserError, match="unfinished build"):

@@ -196,3 +196,48 @@ def test_dump_yaml_round_trip_and_freeze(tmp_path):
 def test_defaults_alone_load():
     c = load_config()
     assert c.to_dict() == DEFAULTS
+
+
+@pytest.mark.parametrize("override, message", [
+    ("TRAIN.BASE_LR=-1", "TRAIN.BASE_LR: -1.0 must be > 0"),
+    ("TRAIN.BASE_LR=0", "TRAIN.BASE_LR: 0.0 must be > 0"),
+    ("TRAIN.BASE_LR=.nan", "TRAIN.BASE_LR: nan must be > 0"),
+    ("TRAIN.BASE_LR=.inf", "TRAIN.BASE_LR: inf must be > 0"),
+    ("TRAIN.WEIGHT_DECAY=-1e-4", "TRAIN.WEIGHT_DECAY"),
+    ("TRAIN.STEPS_PER_EPOCH=0", "TRAIN.STEPS_PER_EPOCH: 0 must be >= 1"),
+    ("TRAIN.CHECKPOINT_PERIOD=0", "TRAIN.CHECKPOINT_PERIOD"),
+    ("TRAIN.LR_SCHEDULE=[500, 100]", "TRAIN.LR_SCHEDULE: [500, 100] must be strictly increasing"),
+    ("TRAIN.LR_SCHEDULE=[0]", "TRAIN.LR_SCHEDULE[0]"),
+    ("TRAIN.SEED=-3", "TRAIN.SEED"),
+    ("TRAIN.NUM_WORKERS=-1", "TRAIN.NUM_WORKERS"),
+    ("PREPROC.MAX_SIZE=0", "PREPROC.MAX_SIZE: 0 must be >= 1"),
+    ("PREPROC.TRAIN_SHORT_EDGE_SIZE=[800, 600]", "PREPROC.TRAIN_SHORT_EDGE_SIZE: min 800 > max 600"),
+    ("PREPROC.TRAIN_SHORT_EDGE_SIZE=[0, 600]", "PREPROC.TRAIN_SHORT_EDGE_SIZE[0]"),
+    ("PREPROC.PIXEL_STD=[1.0, 0.0, 1.0]", "PREPROC.PIXEL_STD[1]: 0.0 must be > 0"),
+    ("RPN.POSITIVE_ANCHOR_THRESH=1.5", "RPN.POSITIVE_ANCHOR_THRESH: 1.5 must be in [0, 1]"),
+    ("RPN.NEGATIVE_ANCHOR_THRESH=0.8", "RPN.NEGATIVE_ANCHOR_THRESH: 0.8 is above RPN.POSITIVE_ANCHOR_THRESH"),
+    ("RPN.FG_RATIO=0", "RPN.FG_RATIO: 0.0 must be in (0, 1]"),
+    ("RPN.ANCHOR_SIZES=[8, 16, -32, 64, 128]", "RPN.ANCHOR_SIZES[2]"),
+    ("RPN.ANCHOR_RATIOS=[0.25, 0, 1.0]", "RPN.ANCHOR_RATIOS[1]"),
+    ("FRCNN.FG_THRESH=-0.1", "FRCNN.FG_THRESH"),
+    ("CASCADE.IOUS=[0.5, 0.6, 1.7]", "CASCADE.IOUS[2]"),
+    ("CASCADE.BBOX_REG_WEIGHTS=[[10, 10, 5, 5], [20, 20, 0, 10], [30, 30, 15, 15]]", "CASCADE.BBOX_REG_WEIGHTS[1][2]"),
+    ("OUTPUT.RESULT_SCORE_THRESH=2", "OUTPUT.RESULT_SCORE_THRESH"),
+    ("OUTPUT.RESULTS_PER_IM=0", "OUTPUT.RESULTS_PER_IM"),
+    ("BACKBONE.FREEZE_AT=6", "BACKBONE.FREEZE_AT"),
+    ("DATA.CATEGORIES=[CELL, ROWS]", "DATA.CATEGORIES: unknown category 'ROWS'"),
+    ("DATA.CATEGORIES=[CELL, cell]", "DATA.CATEGORIES: CELL given more than once"),
+])
+def test_values_out_of_range_are_one_line_errors_naming_the_key(override, message):
+    """A value of the right type the model cannot train with (a negative rate trains towards NaN) fails at load."""
+    with pytest.raises(ConfigError) as info:
+        load_config(CONFIGS / "cell.yaml", [override])
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_boundary_values_are_accepted():
+    c = load_config(CONFIGS / "cell.yaml", ["TRAIN.WARMUP=0", "TRAIN.WARMUP_INIT_LR=0", "TRAIN.WEIGHT_DECAY=0",
+                                            "RPN.NEGATIVE_ANCHOR_THRESH=0.7", "OUTPUT.NMS_THRESH_CLASS_AGNOSTIC=1.0",
+                                            "PREPROC.TRAIN_SHORT_EDGE_SIZE=[800]", "DATA.CATEGORIES=[row, COLUMN]",
+                                            "BACKBONE.FREEZE_AT=0", "TRAIN.NUM_WORKERS=0"])
+    assert c.PREPROC.TRAIN_SHORT_EDGE_SIZE == [800] and c.TRAIN.WARMUP == 0

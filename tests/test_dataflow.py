@@ -365,7 +365,7 @@ try:
     list(stream)
     sys.exit("no error raised")
 except WorkerDiedError as exc:
-    assert f"map worker process {{victim.pid}} died" in str(exc), exc
+    assert str(exc) == f"map worker 1 (pid {{victim.pid}}) died (killed by signal 9)", exc
 stream.close()
 print("DEAD-WORKER-OK", flush=True)
 """

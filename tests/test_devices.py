@@ -9,7 +9,7 @@ from trainer.devices import choose_trainer
 
 def test_cpu_machine_defaults_to_simple_trainer_nhwc():
     c = choose_trainer(gpus=None, visible_gpus=0)
-    assert (c.kind, c.num_gpus, c.data_format, c.rank, c.world, c.is_chief) == ("simple", 0, "NHWC", 0, 1, True)
+    assert (c.kind, c.num_gpus, c.data_format, c.rank, c.world, c.is_chief) == ("simple", 0, "NCHW", 0, 1, True)
     assert c.trainer_class_name == "SimpleTrainer"
 
 
@@ -20,7 +20,7 @@ def test_gpu_machine_defaults_to_one_gpu_nchw():
 
 def test_gpus_zero_forces_cpu_even_with_gpus():
     c = choose_trainer(gpus=0, visible_gpus=2)
-    assert (c.kind, c.num_gpus, c.data_format) == ("simple", 0, "NHWC")
+    assert (c.kind, c.num_gpus, c.data_format) == ("simple", 0, "NCHW")
 
 
 def test_several_gpus_replicated_reads_whole_data():
@@ -46,7 +46,7 @@ def test_horovod_gives_each_rank_its_data_part(rank, size):
 
 def test_horovod_on_cpu_uses_nhwc():
     c = choose_trainer(horovod=True, visible_gpus=0, horovod_rank=1, horovod_size=2)
-    assert (c.num_gpus, c.data_format, c.rank, c.world, c.is_chief) == (0, "NHWC", 1, 2, False)
+    assert (c.num_gpus, c.data_format, c.rank, c.world, c.is_chief) == (0, "NCHW", 1, 2, False)
 
 
 def test_horovod_with_many_gpus_or_bad_rank_is_user_error():
@@ -80,4 +80,16 @@ def test_make_trainer_builds_the_chosen_class_on_cpu():
 
 def test_this_machine_resolves_to_cpu_simple_trainer():
     c = devices.resolve_choice(gpus=None, horovod=False)
-    assert c.kind == "simple" and c.data_format == ("NCHW" if c.num_gpus else "NHWC")
+    assert c.kind == "simple" and c.data_format == "NCHW"
+
+
+def test_replicated_towers_sum_their_gradients_and_devices_count_for_the_lr():
+    """The reference's semantics: towers' gradients are summed (the optimizer divides by TRAIN.REFERENCE_BATCH),
+    and the device count the LR schedule sees is towers x ranks."""
+    from trainer.devices import TrainerChoice, make_trainer
+
+    replicated = make_trainer(TrainerChoice("replicated", 2, "NCHW"))
+    assert replicated._builder._average is False
+    assert TrainerChoice("replicated", 4, "NCHW").total_devices == 4
+    assert TrainerChoice("horovod", 1, "NCHW", rank=1, world=8).total_devices == 8
+    assert TrainerChoice("simple", 0, "NCHW").total_devices == 1

@@ -81,8 +81,9 @@ def test_graph_level_predict_fn_gets_resized_image_and_boxes_are_mapped_back(cel
         calls.append(scale)
         assert image.shape == expected.shape
         keep = sample["category_ids"] == CELL
-        sx, sy = np.asarray(scale).reshape(-1)
-        boxes = sample["boxes"][keep] * [sx, sy, sx, sy]  # what a perfect detector answers in resized pixels
+        # what a perfect detector answers in resized pixels, in the reference's frame: one scale sqrt(sx * sy)
+        one_scale = np.sqrt(image.shape[0] / sample["image"].shape[0] * image.shape[1] / sample["image"].shape[1])
+        boxes = sample["boxes"][keep] * one_scale
         return boxes, np.ones(len(boxes), np.float32), np.ones(len(boxes), np.int32)
 
     stats = run_evaluation(graph_fn, reader, CocoEvaluator.for_cache_categories(["CELL"]), cfg=cfg)

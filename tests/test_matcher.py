@@ -5,8 +5,8 @@ import pytest
 import trainer  # noqa: F401
 from trainer.anchors import feature_shape, level_anchors
 from trainer.anchor_targets import _sample_bg
-from trainer.matcher import (anchors_at, best_gt, grid_valid_mask, iou_matrix, label_grid, labels_from_match,
-                             match_naive)
+from trainer.matcher import (BEST_ANCHOR_RULES, anchors_at, best_gt, grid_valid_mask, iou_matrix, label_grid,
+                             labels_from_match, match_naive)
 
 STRIDES, SIZES, RATIOS = (4, 8, 16, 32, 64), (8, 16, 32, 64, 128), (0.25, 0.5, 1.0)
 
@@ -23,10 +23,10 @@ def _assert_same(grids, gt, image_hw):
     flat = np.concatenate([g.reshape(-1, 4) for g in grids])
     valid = grid_valid_mask(grids, image_hw)
     naive = match_naive(flat, gt, valid)
-    for pos, neg in THRESHOLDS:
-        fast = label_grid(grids, STRIDES, gt, image_hw, pos, neg)
-        ref = labels_from_match(naive, pos, neg)
-        assert np.array_equal(fast.dense(), ref), (pos, neg)
+    for (pos, neg), rule in [(t, r) for t in THRESHOLDS for r in BEST_ANCHOR_RULES]:
+        fast = label_grid(grids, STRIDES, gt, image_hw, pos, neg, rule)
+        ref = labels_from_match(naive, pos, neg, rule)
+        assert np.array_equal(fast.dense(), ref), (pos, neg, rule)
         assert fast.num_bg == (ref == 0).sum() and fast.num_valid == valid.sum()
         # the kept fg anchors' gt: the naive argmax (lowest index among ties)
         if len(fast.fg):

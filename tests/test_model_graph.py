@@ -57,7 +57,7 @@ def test_inputs_follow_the_contract():
     assert specs[1].dtype == tf.int32 and specs[1].shape.as_list() == [None, None, 3]
     assert specs[2].shape.as_list() == [None, None, 3, 4]
     assert specs[-1].dtype == tf.int64 and specs[-2].shape.as_list() == [None, 4]
-    assert default_data_format() == ("NCHW" if tf.config.list_physical_devices("GPU") else "NHWC")
+    assert default_data_format() == "NCHW"  # the reference's layout; TF 2.21 runs it on CPU too
 
 
 def test_cell_graph_has_the_published_variable_names(cell_train_graph):
@@ -66,14 +66,19 @@ def test_cell_graph_has_the_published_variable_names(cell_train_graph):
                 "group0/block0/conv2/W", "group0/block0/conv3/gn/beta", "group0/block0/convshortcut/W",
                 "group0/block0/convshortcut/gn/gamma", "group0/block2/conv3/W", "group1/block3/conv2/W",
                 "group2/block5/conv3/gn/gamma", "group3/block0/convshortcut/W", "group3/block2/conv1/W",
-                "fpn/lateral_1x1_c2/W", "fpn/lateral_1x1_c5/b", "fpn/gn_c2/gamma", "fpn/gn_c4/beta",
-                "fpn/posthoc_3x3_p2/W", "fpn/posthoc_3x3_p5/b", "fpn/gn_p3/gamma", "fpn/gn_p5/beta",
+                "fpn/lateral_1x1_c2/W", "fpn/lateral_1x1_c5/W", "fpn/gn_c2/gamma", "fpn/gn_c4/beta",
+                "fpn/posthoc_3x3_p2/W", "fpn/posthoc_3x3_p5/W", "fpn/gn_p3/gamma", "fpn/gn_p5/beta",
                 "rpn/conv0/W", "rpn/conv0/b", "rpn/class/W", "rpn/class/b", "rpn/box/W", "rpn/box/b", "learning_rate"]
     for stage in (1, 2, 3):
         expected += [f"cascade_rcnn_stage{stage}/head/fc6/W", f"cascade_rcnn_stage{stage}/head/fc7/b",
                      f"cascade_rcnn_stage{stage}/outputs/class/W", f"cascade_rcnn_stage{stage}/outputs/box/b"]
     missing = [n for n in expected if n not in variables]
     assert not missing
+    # GN follows every FPN conv: no biases (the published checkpoints have none)
+    assert not [n for n in variables if n.startswith("fpn/") and n.endswith("/b")]
+    model_vars = [n for n in variables if n != "learning_rate" and "/Momentum" not in n and "AccumGrad" not in n]
+    assert len(model_vars) == 213  # the reference's inventory (FACTS.md section 6)
+    assert sum(int(np.prod(variables[n][0])) for n in model_vars) == 68_625_761
     assert "group0/block3/conv1/W" not in variables and "group3/block3/conv1/W" not in variables  # [3, 4, 6, 3]
     # kernels HWIO; ResNeXt conv2 is grouped (32 groups of 4 channels in group0)
     assert variables["conv0/W"][0] == [7, 7, 3, 64]
@@ -105,8 +110,8 @@ def expected_trainable_parameters(blocks, fpn_ch, fc_dim, num_classes, num_ancho
                 total += p
             in_ch = 4 * ch
     for c in (256, 512, 1024, 2048):
-        total += c * fpn_ch + fpn_ch + gn(fpn_ch)  # lateral 1x1 + GN
-        total += 9 * fpn_ch * fpn_ch + fpn_ch + gn(fpn_ch)  # post-hoc 3x3 + GN
+        total += c * fpn_ch + gn(fpn_ch)  # lateral 1x1 (no bias before GN) + GN
+        total += 9 * fpn_ch * fpn_ch + gn(fpn_ch)  # post-hoc 3x3 + GN
     total += 9 * fpn_ch * fpn_ch + fpn_ch + (fpn_ch + 1) * num_anchors + (fpn_ch + 1) * 4 * num_anchors
     stage = (fpn_ch * 49 + 1) * fc_dim + (fc_dim + 1) * fc_dim + (fc_dim + 1) * num_classes + (fc_dim + 1) * 4
     return total + 3 * stage
@@ -142,8 +147,19 @@ def test_graph_anchors_equal_the_shared_numpy_anchors():
     with tf.Graph().as_default(), tf1.Session() as sess:
         for stride, size in ((4, 8), (16, 32), (64, 128)):
             fh, fw = feature_shape(300, 200, stride)
-            got = sess.run(rpn.level_anchors(stride, float(size), [0.25, 0.5, 1.0], tf.constant([fh, fw])))
-            np.testing.assert_allclose(got, level_anchors(stride, size, [0.25, 0.5, 1.0], fh, fw), rtol=1e-6)
+            got = sess.run(rpn.level_anchors(stride, float(size), [0.25, 0.5, 1.0], 448, tf.constant([fh, fw])))
+            np.testing.assert_array_equal(got, level_anchors(stride, size, [0.25, 0.5, 1.0], fh, fw))
+
+
+def test_anchors_sit_on_the_feature_cell_corner_as_the_reference():
+    """Cell (i, j) of stride s: anchors centred at (j * s, i * s), w = sqrt(z^2 / r), h = r * w (tensorpack)."""
+    a = level_anchors(8, 16, [0.25, 1.0], 3, 4)
+    assert a.shape == (3, 4, 2, 4) and a.dtype == np.float32
+    centre = (a[..., :2] + a[..., 2:]) / 2
+    np.testing.assert_allclose(centre[2, 3, 0], [3 * 8, 2 * 8], atol=1e-5)
+    w, h = np.sqrt(16 * 16 / 0.25), 0.25 * np.sqrt(16 * 16 / 0.25)
+    np.testing.assert_allclose(a[2, 3, 0], np.float32([24 - w / 2, 16 - h / 2, 24 + w / 2, 16 + h / 2]))
+    np.testing.assert_allclose(a[0, 0, 1], [-8, -8, 8, 8])
 
 
 @pytest.mark.parametrize("stride", [1, 4])

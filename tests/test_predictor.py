@@ -108,8 +108,9 @@ def test_predict_returns_boxes_in_original_pixels(tmp_path_factory):
     resized, scale = eval_preprocess({"image": image}, cfg)
     assert resized.shape[:2] != image.shape[:2]  # the eval resize is really exercised
     raw_boxes, raw_scores, _ = predictor.graph_fn(resized)
-    sx, sy = np.asarray(scale).reshape(-1)
-    mapped = np.clip(raw_boxes / [sx, sy, sx, sy], 0, [w, h, w, h])
+    # the reference's mapping: one scale sqrt(sx * sy) for both axes
+    one_scale = np.sqrt(resized.shape[0] / h * resized.shape[1] / w)
+    mapped = np.clip(raw_boxes / one_scale, 0, [w, h, w, h])
     order = np.argsort(-raw_scores, kind="stable")
     np.testing.assert_allclose(det["boxes"], mapped[order], rtol=1e-5, atol=1e-3)
     # a score threshold only removes detections

@@ -48,6 +48,8 @@ def test_from_manifest_and_below():
     r = Resolution("auto", 800, 1000)
     assert Resolution.from_manifest({"build_options": r.as_options()}) == r
     assert Resolution.from_manifest({"build_options": {}}) == Resolution()
-    assert r.below(1200, 1408).startswith("stored with short edge <= 800 px and long edge <= 1000 px")
+    assert r.below(1200, 1408) == ("stored at most 800 px short edge / 1000 px long edge, but the config resizes to up "
+                                   "to 1200 / 1408: images will be upsampled (blurred); rebuild with --max-short 1200 "
+                                   "--max-long 1408")
     assert r.below(800, 1000) is None and Resolution().below(1200, 1408) is None
     assert Resolution(72).below(1200, 1408) is None  # per-table sizes: not known from the manifest

@@ -153,7 +153,7 @@ def test_published_names_load_into_the_cascade_rcnn_graph_with_another_class_cou
     tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
     shapes = model_variable_shapes(load_config(str(tiny)))
     for name in ("conv0/W", "conv0/gn/gamma", "group0/block0/conv1/W", "group0/block0/convshortcut/gn/beta",
-                 "fpn/lateral_1x1_c2/W", "fpn/posthoc_3x3_p5/b", "rpn/conv0/W", "cascade_rcnn_stage3/head/fc7/W",
+                 "fpn/lateral_1x1_c2/W", "fpn/posthoc_3x3_p5/W", "rpn/conv0/W", "cascade_rcnn_stage3/head/fc7/W",
                  "cascade_rcnn_stage2/outputs/box/W"):
         assert name in shapes, name  # the published naming (FACTS.md §4) is what the model builds
     values = {n: np.full(s, 0.25, np.float32) for n, s in shapes.items()}

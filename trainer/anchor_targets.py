@@ -6,18 +6,21 @@ are matched at once, labelled, subsampled and split back per level:
 
 1. anchors not fully inside ``[0, W] x [0, H]`` are ignored (-1) and take no
    part in matching (so "a gt's best anchor" is its best *inside* anchor);
-2. max IoU >= ``RPN.POSITIVE_ANCHOR_THRESH`` -> fg (1);
-3. max IoU <  ``RPN.NEGATIVE_ANCHOR_THRESH`` -> bg (0);
-4. every anchor attaining a gt's best IoU (ties included, best IoU > 0) -> fg.
-   Applied after 3 (as detectron2's low-quality matches): tensorpack applies
-   it before 3, which leaves small cells whose best anchor has IoU < 0.3
-   without any fg anchor -- common for thin table cells -- and would mark
-   every anchor as "best" for a gt that overlaps none;
-5. fg above ``BATCH_PER_IM * FG_RATIO`` and bg above ``BATCH_PER_IM - #fg`` are
+2. labels by ``RPN.BEST_ANCHOR_RULE`` (``trainer.matcher.labels_from_match``):
+   ``reference`` (default, tensorpack's order): every anchor attaining a gt's
+   best IoU (ties included) -> fg, max IoU >= ``RPN.POSITIVE_ANCHOR_THRESH``
+   -> fg, then max IoU < ``RPN.NEGATIVE_ANCHOR_THRESH`` -> bg, so a small
+   cell whose best anchor has IoU < 0.3 gets no fg anchor;
+   ``always_positive``: the best anchors are made fg after the bg rule
+   (detectron2's low-quality matches);
+3. fg above ``BATCH_PER_IM * FG_RATIO`` and bg above ``BATCH_PER_IM - #fg`` are
    set to -1 at random (the given RandomState), as tensorpack does;
-6. fg anchors get their argmax gt box (lowest gt index among ties), all other
+4. fg anchors get their argmax gt box (lowest gt index among ties), all other
    anchors zeros.
 
+IoUs are computed as the reference computes them (pycocotools' float64
+arithmetic on float32 ``xywh`` boxes), so the labels before subsampling are
+the reference's, bit for bit (tests/test_golden_model.py).
 With no gt box, every inside anchor is bg before subsampling.
 ``RPN.CROWD_OVERLAP_THRESH`` is not used: caches carry no crowd boxes.
 """
@@ -42,11 +45,12 @@ class RPNTargetParams:
     negative_thresh: float
     batch_per_im: int
     fg_ratio: float
+    rule: str = "reference"
 
     @classmethod
     def from_cfg(cls, cfg):
         """Read FPN.ANCHOR_STRIDES, FPN.RESOLUTION_REQUIREMENT, RPN.{ANCHOR_SIZES, ANCHOR_RATIOS,
-        POSITIVE_ANCHOR_THRESH, NEGATIVE_ANCHOR_THRESH, BATCH_PER_IM, FG_RATIO}."""
+        POSITIVE_ANCHOR_THRESH, NEGATIVE_ANCHOR_THRESH, BATCH_PER_IM, FG_RATIO, BEST_ANCHOR_RULE}."""
         strides = tuple(int(s) for s in cfg.FPN.ANCHOR_STRIDES)
         sizes = tuple(float(s) for s in cfg.RPN.ANCHOR_SIZES)
         if len(strides) != len(sizes):
@@ -60,6 +64,7 @@ class RPNTargetParams:
             negative_thresh=float(cfg.RPN.NEGATIVE_ANCHOR_THRESH),
             batch_per_im=int(cfg.RPN.BATCH_PER_IM),
             fg_ratio=float(cfg.RPN.FG_RATIO),
+            rule=str(cfg.RPN.BEST_ANCHOR_RULE),
         )
 
 
@@ -167,7 +172,7 @@ def sparse_rpn_targets(image_hw, gt_boxes, grids, rng, timings=None):
     t0 = time.perf_counter()
     gt_boxes = np.asarray(gt_boxes, dtype=np.float32).reshape(-1, 4)
     levels = grids.levels(h, w)
-    grid_labels = label_grid(levels, p.strides, gt_boxes, (h, w), p.positive_thresh, p.negative_thresh)
+    grid_labels = label_grid(levels, p.strides, gt_boxes, (h, w), p.positive_thresh, p.negative_thresh, p.rule)
     t1 = time.perf_counter()
     fg, bg = subsample(grid_labels, p.batch_per_im, p.fg_ratio, rng)
     # Only the kept fg anchors need their gt: an exact argmax over all gts for a few hundred anchors.

@@ -1,9 +1,10 @@
 """Everything around the training loop, as tensorpack callbacks (STYLE.md: extras are callbacks, not loop code).
 
-* :func:`learning_rate_at` / :class:`WarmupStepLR`: linear warm-up from
-  ``TRAIN.WARMUP_INIT_LR`` to ``TRAIN.BASE_LR`` over ``TRAIN.WARMUP`` steps,
-  then x0.1 at every step of ``TRAIN.LR_SCHEDULE``. A function of the global
-  step only, so a restarted run continues the schedule where it stopped.
+* :func:`lr_function` / :class:`WarmupStepLR`: the reference's learning-rate
+  schedule (``trainer.lr_schedule``: linear warm-up from ``TRAIN.WARMUP_INIT_LR``
+  to ``TRAIN.BASE_LR`` over ``TRAIN.WARMUP`` steps, x0.1 decays at the
+  ``TRAIN.LR_SCHEDULE`` points stretched to the number of devices). A function
+  of the global step only, so a restarted run continues the schedule where it stopped.
 * :class:`StopAtStep`: ``--steps N`` ends training after global step N
   (counted across restarts).
 * :class:`CheckpointSaver`: tensorpack's ``ModelSaver`` plus one more save
@@ -25,35 +26,16 @@ from tensorpack.callbacks.param import GraphVarParam, HyperParamSetter
 from tensorpack.train.base import TrainLoop
 from tensorpack.utils import logger
 
+from trainer import lr_schedule
+
 EVAL_PREFIX = "eval/"
 
 
-def learning_rate_at(step, base_lr, warmup_steps=0, warmup_init_lr=None, schedule=()):
-    """Learning rate for the step after ``step`` steps have run.
-
-    Args:
-      step: global step (steps done so far), >= 0.
-      base_lr: ``TRAIN.BASE_LR``.
-      warmup_steps: ``TRAIN.WARMUP``; during the first ``warmup_steps`` steps
-        the rate goes linearly from ``warmup_init_lr`` (at step 0) to
-        ``base_lr`` (at step ``warmup_steps``).
-      warmup_init_lr: ``TRAIN.WARMUP_INIT_LR`` (default: ``base_lr``, no warm-up).
-      schedule: ``TRAIN.LR_SCHEDULE``: global steps at which the rate is
-        multiplied by 0.1 (cumulative; a decay inside the warm-up also scales it).
-    """
-    step = max(0, int(step))
-    lr = float(base_lr)
-    if warmup_steps and step < int(warmup_steps):
-        start = lr if warmup_init_lr is None else float(warmup_init_lr)
-        lr = start + (lr - start) * step / float(warmup_steps)
-    decays = sum(1 for s in schedule if step >= int(s))
-    return lr * (0.1 ** decays)
-
-
-def lr_function(cfg):
-    """:func:`learning_rate_at` bound to the config's ``TRAIN`` section: ``step -> lr``."""
-    t = cfg.TRAIN
-    return lambda step: learning_rate_at(step, t.BASE_LR, int(t.WARMUP), t.WARMUP_INIT_LR, list(t.LR_SCHEDULE))
+def lr_function(cfg, num_devices=1):
+    """``step -> learning_rate`` of the config's ``TRAIN`` section on ``num_devices`` devices: the reference's
+    schedule (``trainer.lr_schedule``), a function of the global step only."""
+    schedule = lr_schedule.resolve(cfg.TRAIN, num_devices)
+    return lambda step: lr_schedule.learning_rate_at(step, schedule)
 
 
 class WarmupStepLR(HyperParamSetter):
@@ -109,26 +91,66 @@ def interrupted():
     return isinstance(sys.exc_info()[1], KeyboardInterrupt)
 
 
-class CheckpointSaver(ModelSaver):
-    """``ModelSaver`` that also saves in ``after_train`` unless this global step is already saved.
+def failing():
+    """True while an exception other than a KeyboardInterrupt propagates (a failed step or callback)."""
+    exc = sys.exc_info()[1]
+    return exc is not None and not isinstance(exc, KeyboardInterrupt)
 
-    Trigger it periodically with ``PeriodicTrigger(..., every_k_epochs=TRAIN.CHECKPOINT_PERIOD)``
-    (the final save does not depend on the trigger: ``after_train`` is not gated).
+
+class CheckpointSaver(ModelSaver):
+    """``ModelSaver`` that saves only a sound state, and once more in ``after_train``.
+
+    Trigger it periodically with ``PeriodicTrigger(..., every_k_epochs=TRAIN.CHECKPOINT_PERIOD)``;
+    the final save (end, ``--steps``, Ctrl-C) does not depend on the trigger.
+    Never saved: a state after a recorded failure (``failure``, a
+    ``trainer.guards.RunFailure``), a state with a non-finite variable (the
+    update after a finite loss can still write NaN), the state left by an
+    exception other than Ctrl-C, and a final state no step of this run has
+    changed (a resume that fails at once must not add a checkpoint).
     Steps are read from the graph's ``global_step`` variable, not tensorpack's
     Python counter: after a Ctrl-C inside a step the variable can be one ahead,
     and it is what the checkpoint stores and is named after.
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, failure=None, **kwargs):
         super().__init__(**kwargs)
+        self.failure = failure
         self.last_saved_step = None
         self.last_path = None
+        self._start_step = None
+
+    def _setup_graph(self):
+        import tensorflow as tf
+
+        super()._setup_graph()
+        variables = tf.compat.v1.global_variables()
+        variables = [v for v in variables if v.dtype.base_dtype.is_floating]
+        self._variable_names = [v.op.name for v in variables]
+        with tf.name_scope("checkpoint_check"):
+            self._finite = tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in variables]) if variables else None
+
+    def _before_train(self):
+        from tensorpack.tfutils.common import get_global_step_value
+
+        self._start_step = get_global_step_value()
+
+    def _first_non_finite(self):
+        if self._finite is None:
+            return None
+        flags = self.trainer.sess.run(self._finite)
+        return next((name for name, ok in zip(self._variable_names, flags) if not ok), None)
 
     def _trigger(self):
         from tensorpack.tfutils.common import get_global_step_value
 
         step = get_global_step_value()
-        if self.last_saved_step == step:
+        if self.last_saved_step == step or self.failure:
+            return
+        bad = self._first_non_finite()
+        if bad is not None:
+            if self.failure is not None:
+                self.failure.record(f"variable {bad} is not finite", step)
+            logger.warn(f"not saving global step {step}: variable {bad} is not finite")
             return
         super()._trigger()
         self.last_saved_step = step
@@ -138,7 +160,9 @@ class CheckpointSaver(ModelSaver):
         from tensorpack.tfutils.common import get_global_step_value
 
         step = get_global_step_value()
-        if step > 0 and self.last_saved_step != step:
+        if self.failure or failing() or self._start_step is None or step <= self._start_step:
+            return
+        if self.last_saved_step != step:
             why = "interrupted" if interrupted() else "end of training"
             logger.info(f"saving the final checkpoint at global step {step} ({why})")
             self._trigger()
@@ -165,10 +189,15 @@ class PeriodicCocoEval(Callback):
       max_datapoints: evaluate only the first N samples (None = all).
       at_start: also evaluate before the first step (the starting point's numbers).
       device: -1 builds the predictor on the CPU, k on GPU k.
+      echo: callable for a one-line summary per evaluation (the full table goes to the log).
+      failure: a ``trainer.guards.RunFailure``; no evaluation once it holds a failure (a broken state).
     After each evaluation :attr:`history` gets ``(global_step, stats)``.
     """
 
-    def __init__(self, cfg, val_paths, period, last_step=None, max_datapoints=None, at_start=False, device=-1):
+    def __init__(self, cfg, val_paths, period, last_step=None, max_datapoints=None, at_start=False, device=-1,
+                 echo=None, failure=None):
+        self.echo = echo
+        self.failure = failure
         self.cfg = cfg
         self.val_paths = [str(p) for p in val_paths]
         self.period = int(period)
@@ -206,10 +235,12 @@ class PeriodicCocoEval(Callback):
             self.evaluate()
 
     def evaluate(self):
-        """Run the evaluation now and log the scalars; returns the stats dict."""
+        """Run the evaluation now and log the scalars; returns the stats dict (None after a failure)."""
         from trainer.coco_eval import format_stats
         from trainer.evaluate import run_evaluation
 
+        if self.failure:
+            return None
         if self._last_eval_step == self.global_step:
             return self.history[-1][1]
         start = time.perf_counter()
@@ -225,6 +256,10 @@ class PeriodicCocoEval(Callback):
                     + format_stats(stats))
         for name, value in eval_scalars(stats).items():
             self.trainer.monitors.put_scalar(EVAL_PREFIX + name, value)
+        if self.echo is not None:
+            numbers = "  ".join(f"{k} {stats[k]:.3f}" for k in ("AP50", "AP75", "AP", "AR") if k in stats)
+            self.echo(f"eval at step {self.global_step}: {numbers}  ({stats.get('num_images', '?')} images, "
+                      f"{time.perf_counter() - start:.1f} s)")
         return stats
 
 
@@ -276,3 +311,66 @@ def resume_position(global_step, steps_per_epoch):
     global_step, steps_per_epoch = int(global_step), int(steps_per_epoch)
     done_in_epoch = global_step % steps_per_epoch
     return global_step // steps_per_epoch + 1, steps_per_epoch - done_in_epoch
+
+
+class ConsoleProgress(Callback):
+    """Prints ``trainer.console.format_progress`` every ``every`` global steps, at the first step and at the last.
+
+    Losses (the total and each term summed into it) are averaged over the
+    steps since the last line and fetched with each step's own run (no extra
+    session call); ``lr`` is the ``learning_rate`` variable as read by the
+    printed step (what the LR callback set, not recomputed); img/s and the
+    ETA to ``last_step`` come from the wall time between two lines
+    (evaluations and checkpoints included).
+    """
+
+    def __init__(self, every, last_step, images_per_step=1, echo=print):
+        self.every = max(1, int(every))
+        self.last_step = int(last_step)
+        self.images_per_step = int(images_per_step)
+        self.echo = echo
+
+    def _setup_graph(self):
+        from trainer.console import display_names, find_tensor, loss_terms, op_name
+
+        total = find_tensor("total_cost")
+        terms = loss_terms(total)
+        self._tensors = ([total] if total is not None else []) + terms
+        self._names = (["total"] if total is not None else []) + display_names([op_name(t) for t in terms])
+        self._lr = find_tensor("learning_rate")
+
+    def _before_train(self):
+        self._first_step = self.global_step + 1
+        self._window_start, self._window_step = time.perf_counter(), self.global_step
+        self._sums, self._count = [0.0] * len(self._tensors), 0
+
+    def _printing(self, step):
+        return step % self.every == 0 or step >= self.last_step or step == self._first_step
+
+    def _before_run(self, _):
+        import tensorflow as tf
+
+        fetches = {"losses": self._tensors}
+        if self._lr is not None and self._printing(self.global_step + 1):
+            fetches["lr"] = self._lr
+        return tf.compat.v1.train.SessionRunArgs(fetches=fetches)
+
+    def _after_run(self, run_context, run_values):
+        from trainer.console import format_progress
+
+        results = run_values.results
+        for k, v in enumerate(results["losses"]):
+            self._sums[k] += float(v)
+        self._count += 1
+        step = self.global_step  # tensorpack's step counter (registered first) has counted this step
+        if not self._printing(step):
+            return
+        now = time.perf_counter()
+        seconds, steps = now - self._window_start, step - self._window_step
+        rate = steps / seconds if seconds > 0 and steps > 0 else None
+        losses = [(n, s / self._count) for n, s in zip(self._names, self._sums)]
+        self.echo(format_progress(step, self.last_step, losses, float(results["lr"]) if "lr" in results else None,
+                                  None if rate is None else rate * self.images_per_step,
+                                  None if rate is None else (self.last_step - step) / rate))
+        self._window_start, self._window_step = now, step
+        self._sums, self._count = [0.0] * len(self._tensors), 0

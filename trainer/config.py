@@ -28,6 +28,7 @@ small test models), ``TRAIN.NUM_WORKERS``, ``TRAIN.SEED``,
 """
 import ast
 import copy
+import math
 import sys
 from pathlib import Path
 
@@ -84,6 +85,9 @@ DEFAULTS = {
         "POSITIVE_ANCHOR_THRESH": 0.7,
         "NEGATIVE_ANCHOR_THRESH": 0.3,
         "CROWD_OVERLAP_THRESH": 9.99,
+        # "reference": tensorpack's labelling order (a gt's best anchor below NEGATIVE_ANCHOR_THRESH is bg);
+        # "always_positive": a gt's best anchors are fg whatever their IoU (detectron2); trainer/matcher.py
+        "BEST_ANCHOR_RULE": "reference",
         "PROPOSAL_NMS_THRESH": 0.7,
         "MIN_SIZE": 0.0,
         "HEAD_DIM": 1024,  # non-FPN only: with FPN the head has FPN.NUM_CHANNEL channels
@@ -117,6 +121,9 @@ DEFAULTS = {
         "WARMUP_INIT_LR": 1e-5,
         "LR_SCHEDULE": [240000, 320000, 360000],  # steps of x0.1 decay; the last one ends training
         "WEIGHT_DECAY": 1e-4,
+        # total batch (images per update) BASE_LR, LR_SCHEDULE and WARMUP_INIT_LR are set for: the reference's 8
+        # (8 GPUs x 1 image); fewer devices accumulate gradients to it (trainer/lr_schedule.py)
+        "REFERENCE_BATCH": 8,
         "NUM_WORKERS": 2,  # data-loading processes
         "SEED": 0,
         "MAX_CHECKPOINTS": 10,
@@ -139,6 +146,69 @@ CHOICES = {
     "FPN.NORM": ("GN", "None"),
     "FPN.PROPOSAL_MODE": ("Level", "Joint"),
     "FPN.FRCNN_HEAD_FUNC": ("fastrcnn_2fc_head",),
+    "RPN.BEST_ANCHOR_RULE": ("reference", "always_positive"),
+}
+
+
+# Allowed values of numeric keys (for a list key: of every element), checked after the types. A value
+# out of range would not fail at once: a negative BASE_LR trains towards NaN, a zero size divides by zero
+# deep inside the graph, a threshold above 1 silently makes every anchor negative.
+_POSITIVE = ("> 0", lambda v: v > 0)
+_NON_NEGATIVE = (">= 0", lambda v: v >= 0)
+_AT_LEAST_ONE = (">= 1", lambda v: v >= 1)
+_FRACTION = ("in [0, 1]", lambda v: 0 <= v <= 1)
+_SHARE = ("in (0, 1]", lambda v: 0 < v <= 1)
+RANGES = {
+    "BACKBONE.RESNET_NUM_BLOCKS": _AT_LEAST_ONE,
+    "BACKBONE.FREEZE_AT": ("in 0..5 (conv0 and the 4 groups)", lambda v: 0 <= v <= 5),
+    "BACKBONE.WIDTH_MULT": _POSITIVE,
+    "FPN.NUM_CHANNEL": _AT_LEAST_ONE,
+    "FPN.ANCHOR_STRIDES": _AT_LEAST_ONE,
+    "FPN.FC_HEAD_DIM": _AT_LEAST_ONE,
+    "FPN.CONV_HEAD_DIM": _AT_LEAST_ONE,
+    "FPN.RESOLUTION_REQUIREMENT": _AT_LEAST_ONE,
+    "CASCADE.IOUS": _FRACTION,
+    "CASCADE.BBOX_REG_WEIGHTS": _POSITIVE,
+    "FRCNN.BATCH_PER_IM": _AT_LEAST_ONE,
+    "FRCNN.FG_RATIO": _SHARE,
+    "FRCNN.FG_THRESH": _FRACTION,
+    "FRCNN.BBOX_REG_WEIGHTS": _POSITIVE,
+    "RPN.ANCHOR_SIZES": _POSITIVE,
+    "RPN.ANCHOR_RATIOS": _POSITIVE,
+    "RPN.ANCHOR_STRIDE": _AT_LEAST_ONE,
+    "RPN.BATCH_PER_IM": _AT_LEAST_ONE,
+    "RPN.FG_RATIO": _SHARE,
+    "RPN.POSITIVE_ANCHOR_THRESH": _FRACTION,
+    "RPN.NEGATIVE_ANCHOR_THRESH": _FRACTION,
+    "RPN.PROPOSAL_NMS_THRESH": _FRACTION,
+    "RPN.MIN_SIZE": _NON_NEGATIVE,
+    "RPN.HEAD_DIM": _AT_LEAST_ONE,
+    "RPN.TRAIN_PRE_NMS_TOPK": _AT_LEAST_ONE,
+    "RPN.TEST_PRE_NMS_TOPK": _AT_LEAST_ONE,
+    "RPN.TRAIN_POST_NMS_TOPK": _AT_LEAST_ONE,
+    "RPN.TEST_POST_NMS_TOPK": _AT_LEAST_ONE,
+    "RPN.TRAIN_PER_LEVEL_NMS_TOPK": _AT_LEAST_ONE,
+    "RPN.TEST_PER_LEVEL_NMS_TOPK": _AT_LEAST_ONE,
+    "PREPROC.SHORT_EDGE_SIZE": _AT_LEAST_ONE,
+    "PREPROC.TRAIN_SHORT_EDGE_SIZE": _AT_LEAST_ONE,
+    "PREPROC.MAX_SIZE": _AT_LEAST_ONE,
+    "PREPROC.PIXEL_STD": _POSITIVE,
+    "OUTPUT.RESULT_SCORE_THRESH": _FRACTION,
+    "OUTPUT.RESULTS_PER_IM": _AT_LEAST_ONE,
+    "OUTPUT.FRCNN_NMS_THRESH": _FRACTION,
+    "OUTPUT.NMS_THRESH_CLASS_AGNOSTIC": _FRACTION,
+    "TRAIN.STEPS_PER_EPOCH": _AT_LEAST_ONE,
+    "TRAIN.CHECKPOINT_PERIOD": _AT_LEAST_ONE,
+    "TRAIN.STARTING_EPOCH": _AT_LEAST_ONE,
+    "TRAIN.BASE_LR": _POSITIVE,
+    "TRAIN.WARMUP": _NON_NEGATIVE,
+    "TRAIN.WARMUP_INIT_LR": _NON_NEGATIVE,
+    "TRAIN.LR_SCHEDULE": _AT_LEAST_ONE,
+    "TRAIN.WEIGHT_DECAY": _NON_NEGATIVE,
+    "TRAIN.NUM_WORKERS": _NON_NEGATIVE,
+    "TRAIN.SEED": ("in [0, 2**32)", lambda v: 0 <= v < 2 ** 32),
+    "TRAIN.MAX_CHECKPOINTS": _AT_LEAST_ONE,
+    "TRAIN.REFERENCE_BATCH": _AT_LEAST_ONE,
 }
 
 
@@ -201,6 +271,14 @@ class Config:
 def num_classes(cfg):
     """Classes of the detector including background: ``len(DATA.CATEGORIES) + 1``."""
     return len(cfg.DATA.CATEGORIES) + 1
+
+
+def max_image_side(cfg):
+    """``PREPROC.MAX_SIZE`` rounded up to a multiple of ``FPN.RESOLUTION_REQUIREMENT``: the long-edge cap the
+    resizes, the anchor fields and the box-decode clamp use (the reference rounds it when it finalizes its config)."""
+    from trainer.anchors import rounded_max_size
+
+    return rounded_max_size(cfg.PREPROC.MAX_SIZE, int(cfg.FPN.RESOLUTION_REQUIREMENT))
 
 
 def _type_name(value):
@@ -364,6 +442,55 @@ def _print_warning(message):
     print(f"warning: {message}", file=sys.stderr)
 
 
+def _leaf(d, dotted):
+    for part in dotted.split("."):
+        d = d[part]
+    return d
+
+
+def _check_ranges(d):
+    """Every :data:`RANGES` key holds finite numbers in its range, plus the cross-key orders; ConfigError names the key.
+
+    Separate from the type check: a value of the right type can still be one
+    the model cannot train with, and that must be said before anything runs.
+    """
+    for dotted, (allowed, ok) in RANGES.items():
+        value = _leaf(d, dotted)
+        items = [(dotted, value)] if not isinstance(value, list) else \
+            [(f"{dotted}[{i}]", v) for i, v in enumerate(value)]
+        while any(isinstance(v, list) for _, v in items):  # nested lists (CASCADE.BBOX_REG_WEIGHTS)
+            items = [(f"{k}[{i}]", x) for k, v in items for i, x in enumerate(v if isinstance(v, list) else [v])]
+        for key, v in items:
+            if not math.isfinite(v) or not ok(v):
+                raise ConfigError(f"{key}: {v!r} must be {allowed}")
+    if not d["PREPROC"]["TRAIN_SHORT_EDGE_SIZE"]:
+        raise ConfigError("PREPROC.TRAIN_SHORT_EDGE_SIZE: give [min, max] (or one size)")
+    lo, hi = d["PREPROC"]["TRAIN_SHORT_EDGE_SIZE"][0], d["PREPROC"]["TRAIN_SHORT_EDGE_SIZE"][-1]
+    if lo > hi:
+        raise ConfigError(f"PREPROC.TRAIN_SHORT_EDGE_SIZE: min {lo} > max {hi}")
+    rpn = d["RPN"]
+    if rpn["NEGATIVE_ANCHOR_THRESH"] > rpn["POSITIVE_ANCHOR_THRESH"]:
+        raise ConfigError(f"RPN.NEGATIVE_ANCHOR_THRESH: {rpn['NEGATIVE_ANCHOR_THRESH']} is above "
+                          f"RPN.POSITIVE_ANCHOR_THRESH {rpn['POSITIVE_ANCHOR_THRESH']}")
+    schedule = d["TRAIN"]["LR_SCHEDULE"]
+    if any(b <= a for a, b in zip(schedule, schedule[1:])):
+        raise ConfigError(f"TRAIN.LR_SCHEDULE: {schedule} must be strictly increasing steps")
+    _check_categories(d["DATA"]["CATEGORIES"])
+
+
+def _check_categories(names):
+    """``DATA.CATEGORIES`` names known categories (``ddcache.categories``, any case), each once."""
+    from ddcache.categories import ids_for
+
+    try:
+        ids = ids_for(names)
+    except ValueError as exc:
+        raise ConfigError(f"DATA.CATEGORIES: {exc}") from None
+    repeated = sorted({str(n).upper() for n, i in zip(names, ids) if ids.count(i) > 1})
+    if repeated:
+        raise ConfigError(f"DATA.CATEGORIES: {', '.join(repeated)} given more than once")
+
+
 def load_config(path=None, overrides=(), warn=_print_warning):
     """Defaults <- YAML file at ``path`` (optional; its ``_BASE_`` files first) <- ``overrides`` (``"KEY.SUB=VALUE"``).
 
@@ -390,6 +517,7 @@ def load_config(path=None, overrides=(), warn=_print_warning):
             nested = {part: nested}
         _merge(values, nested, DEFAULTS)
     _check_consistency(values)
+    _check_ranges(values)
     for message in unread_key_warnings(values):
         warn(message)
     return Config(values)

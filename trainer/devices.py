@@ -11,9 +11,10 @@ Three set-ups (FACTS.md §4):
   (``rank``/``world`` of ``ddcache.source.CacheSource``), otherwise
   each step would see the same sample ``world`` times.
 
-Layout: NCHW on GPUs (cuDNN's fast path), NHWC on CPU (TensorFlow's CPU
-convolutions do not implement NCHW). Published checkpoints store kernels HWIO
-either way, so the choice does not affect loading.
+Layout: NCHW everywhere (the reference's layout; TF 2.21 runs NCHW graphs on
+CPU through its layout optimizer, and for this GroupNorm model it is the faster
+layout there too). Published checkpoints store kernels HWIO either way, so
+the choice does not affect loading.
 
 :func:`choose_trainer` is pure (device counts and Horovod rank/size are
 arguments) so every branch is tested on a CPU-only machine; only
@@ -48,6 +49,12 @@ class TrainerChoice:
     rank: int = 0
     world: int = 1
     is_chief: bool = True
+
+    @property
+    def total_devices(self):
+        """Devices over all processes (towers x Horovod ranks; a CPU counts as one): what the reference's
+        learning-rate semantics count as NUM_GPUS (``trainer.lr_schedule``)."""
+        return max(1, self.num_gpus) * self.world
 
     @property
     def trainer_class_name(self):
@@ -87,14 +94,14 @@ def choose_trainer(gpus=None, horovod=False, visible_gpus=0, horovod_rank=0, hor
         if size < 1 or not 0 <= rank < size:
             raise UserError(f"Horovod reports rank {rank} of size {size}")
         use_gpu = visible_gpus > 0 and gpus != 0
-        return TrainerChoice(HOROVOD, 1 if use_gpu else 0, "NCHW" if use_gpu else "NHWC", rank, size, rank == 0)
+        return TrainerChoice(HOROVOD, 1 if use_gpu else 0, "NCHW", rank, size, rank == 0)
     if gpus is None:
         gpus = min(1, visible_gpus)
     gpus = int(gpus)
     if gpus > visible_gpus:
         raise UserError(f"--gpus {gpus}: only {visible_gpus} GPU(s) visible to this process")
     if gpus == 0:
-        return TrainerChoice(SIMPLE, 0, "NHWC")
+        return TrainerChoice(SIMPLE, 0, "NCHW")
     if gpus == 1:
         return TrainerChoice(SIMPLE, 1, "NCHW")
     return TrainerChoice(REPLICATED, gpus, "NCHW")
@@ -133,10 +140,11 @@ def make_trainer(choice):
     if choice.kind == SIMPLE:
         return SimpleTrainer()
     if choice.kind == REPLICATED:
-        return SyncMultiGPUTrainerReplicated(list(range(choice.num_gpus)), average=True)
+        # sum, not average, the towers' gradients: the optimizer divides by TRAIN.REFERENCE_BATCH (the reference)
+        return SyncMultiGPUTrainerReplicated(list(range(choice.num_gpus)), average=False)
     if choice.kind == HOROVOD:
         try:
-            return HorovodTrainer(average=True)
+            return HorovodTrainer(average=False)
         except ImportError as exc:
             raise UserError(f"--horovod: cannot import horovod ({exc})") from None
     raise ValueError(f"unknown trainer kind {choice.kind!r}")

@@ -293,12 +293,17 @@ def evaluate_checkpoints(config, caches, weights, max_datapoints=None, out_dir=N
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for report.{txt,json}, ground_truth.json, detections-<NAME>.json "
                    "[default: <folder of the first weights>/eval-<cache name>].")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Config override (repeatable).")
+@click.option("--override", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Config override (repeatable; --set is the same).")
 def eval_cmd(config_path, caches, weights, max_datapoints, as_json, out_dir, overrides):
     """COCO box AP/AR (maxDets 50/200/600) of one or more checkpoints on a cache, side by side.
 
     Ground truth: the cache's boxes of the config's DATA.CATEGORIES.
     """
+    if out_dir is not None:
+        from ddcache.outputs import check_output
+
+        check_output(out_dir, "--out")
     report = evaluate_checkpoints(config_path, caches, weights, max_datapoints, out_dir, overrides,
                                   echo=lambda m: click.echo(m, err=True))
     if as_json:

@@ -114,6 +114,12 @@ def check_weights_match(weights, model_variables, source=None):
     confident garbage; for evaluation and inference that must be an error,
     not a warning (fine-tuning's tolerant loading is a different use).
     """
+    legacy = sorted(n for n in weights if n.startswith("fpn/") and n.endswith("/b") and n not in model_variables)
+    if legacy:
+        prefix = f"{source}: " if source else ""
+        raise UserError(prefix + f"has FPN convolution biases ({legacy[0]}, ... {len(legacy)} in all): written by "
+                        "ddcache 0.1, whose FPN was not the published model's; fine-tune again from the published "
+                        "weights (they load as they are)")
     missing = [n for n in model_variables if n not in weights]
     mismatched = [
         f"{n} {tuple(weights[n].shape)} vs model {tuple(s)}"
@@ -173,9 +179,14 @@ def export_inference_weights(weights_path, out_path, cfg=None):
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .npz to write.")
 @click.option("--config", "config_path", default=None, type=click.Path(),
               help="Model config: keep exactly its variables and check their shapes (recommended).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Config override (repeatable).")
-def export(weights, out, config_path, overrides):
+@click.option("--override", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Config override (repeatable; --set is the same).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+def export(weights, out, config_path, overrides, overwrite):
     """Write an inference-only .npz (no optimizer slots, global_step, learning_rate, AccumGrad)."""
+    from ddcache.outputs import check_output
+
+    check_output(out if out.endswith(".npz") else out + ".npz", "--out", overwrite=overwrite)
     cfg = None
     if config_path is not None:
         from trainer.config import load_user_config

@@ -9,13 +9,19 @@ The reference, :func:`match_naive`, returns a :class:`Match`:
   ``-1`` for excluded anchors or when there are no gts;
 - ``gt_best``  float32 ``[M]``: per gt, its best IoU over the valid anchors;
 - ``is_gt_best`` bool ``[N]``: the anchor attains the best IoU of at least one
-  gt whose best IoU is > 0 (ties included). Gts overlapping no valid anchor
-  select nothing (otherwise every anchor would "tie" at IoU 0).
+  gt whose best IoU is > 0 (ties included);
+- ``unmatched_gt`` bool: some (non-degenerate) gt overlaps no valid anchor at
+  all (its best IoU is 0: in the reference every anchor then "ties" for it);
 
 and :func:`labels_from_match` turns it into RPN labels (the rules' one definition).
 
-Boxes are xyxy in image pixels (any consistent unit). A gt box with zero or
-negative width/height has IoU 0 with everything; its area counts as 0.
+IoUs are the reference's: tensorpack labels anchors with pycocotools' ``iou``
+on boxes converted to float32 ``(x, y, w, h)``, computed in float64 and
+rounded to float32 -- :func:`_iou` reproduces that arithmetic, so thresholds
+and ties decide exactly as there. Boxes are xyxy in image pixels (any
+consistent unit). A gt box with zero or negative width/height has IoU 0 with
+everything and takes no part in "best anchor" rules (the reference refuses
+such boxes earlier, ddcache's pipeline drops them).
 
 Why a second way: a 1408x1000 table crop has ~300K anchors over P2-P6 and
 hundreds of cell boxes, so the full ``[N, M]`` IoU matrix costs ~10^8 pairs per
@@ -31,27 +37,49 @@ from collections import namedtuple
 
 import numpy as np
 
-Match = namedtuple("Match", ["max_iou", "argmax", "gt_best", "is_gt_best"])
+Match = namedtuple("Match", ["max_iou", "argmax", "gt_best", "is_gt_best", "unmatched_gt"])
+
+# RPN.BEST_ANCHOR_RULE values. "reference": tensorpack's order -- best anchors of each gt set fg, then anchors
+# >= POSITIVE fg, then anchors < NEGATIVE bg (a gt's best anchor below NEGATIVE ends up bg, and a gt that overlaps no
+# anchor makes every anchor in [NEGATIVE, POSITIVE) fg). "always_positive": a gt's best anchors are fg whatever their
+# IoU, applied last (detectron2's low-quality matches; thin table cells keep a positive anchor).
+REFERENCE_RULE = "reference"
+ALWAYS_POSITIVE_RULE = "always_positive"
+BEST_ANCHOR_RULES = (REFERENCE_RULE, ALWAYS_POSITIVE_RULE)
 
 # Anchor rows per chunk of the naive matrix: bounds its memory to ~chunk*M*4 bytes
 # per temporary; results do not depend on it.
 _NAIVE_CHUNK = 8192
 
 
-def _iou(ax1, ay1, ax2, ay2, a_area, gx1, gy1, gx2, gy2, g_area):
-    """IoU of broadcastable float32 coordinate arrays; THE single formula both matchers use."""
-    iw = np.maximum(np.minimum(ax2, gx2) - np.maximum(ax1, gx1), np.float32(0))
-    ih = np.maximum(np.minimum(ay2, gy2) - np.maximum(ay1, gy1), np.float32(0))
+def coco_form(boxes):
+    """xyxy float32 ``[..., 4]`` -> (x0, y0, x1, y1, w, h) float64 as pycocotools sees them.
+
+    The reference converts to float32 ``(x, y, w, h)`` first (``w = x1 - x0``
+    in float32), pycocotools then works in float64 with ``x1 = x + w``.
+    """
+    b = np.asarray(boxes, dtype=np.float32)
+    w = (b[..., 2] - b[..., 0]).astype(np.float64)
+    h = (b[..., 3] - b[..., 1]).astype(np.float64)
+    x0, y0 = b[..., 0].astype(np.float64), b[..., 1].astype(np.float64)
+    return x0, y0, x0 + w, y0 + h, w, h
+
+
+def _overlap(a_lo, a_hi, g_lo, g_hi):
+    """1-D overlap (float64, >= 0) of broadcastable intervals."""
+    return np.maximum(np.minimum(a_hi, g_hi) - np.maximum(a_lo, g_lo), 0.0)
+
+
+def _iou(iw, ih, a_area, g_area):
+    """IoU from overlaps and areas (float64), rounded to float32: THE single formula both matchers use."""
     inter = iw * ih
-    return inter / (a_area + g_area - inter)
+    return (inter / (a_area + g_area - inter)).astype(np.float32)
 
 
 def box_area(boxes):
-    """Area of xyxy boxes, float32 ``[N]``; degenerate boxes (w<=0 or h<=0) count 0."""
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    w = np.maximum(boxes[:, 2] - boxes[:, 0], np.float32(0))
-    h = np.maximum(boxes[:, 3] - boxes[:, 1], np.float32(0))
-    return w * h
+    """Area of xyxy boxes, float64 ``[N]`` (pycocotools' w * h of the float32 sizes); degenerate boxes count 0."""
+    *_, w, h = coco_form(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+    return np.maximum(w, 0.0) * np.maximum(h, 0.0)
 
 
 def inside_mask(anchors, image_h, image_w):
@@ -62,11 +90,9 @@ def inside_mask(anchors, image_h, image_w):
 
 def iou_matrix(anchors, gt_boxes):
     """Full IoU matrix float32 ``[N, M]`` of anchors ``[N, 4]`` (positive size) and gt boxes ``[M, 4]``, xyxy."""
-    a = np.asarray(anchors, dtype=np.float32).reshape(-1, 4)
-    g = np.asarray(gt_boxes, dtype=np.float32).reshape(-1, 4)
-    a_area = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    return _iou(a[:, 0:1], a[:, 1:2], a[:, 2:3], a[:, 3:4], a_area[:, None],
-                g[None, :, 0], g[None, :, 1], g[None, :, 2], g[None, :, 3], box_area(g)[None, :])
+    ax0, ay0, ax1, ay1, aw, ah = (c[:, None] for c in coco_form(np.asarray(anchors, np.float32).reshape(-1, 4)))
+    gx0, gy0, gx1, gy1, _, _ = (c[None, :] for c in coco_form(np.asarray(gt_boxes, np.float32).reshape(-1, 4)))
+    return _iou(_overlap(ax0, ax1, gx0, gx1), _overlap(ay0, ay1, gy0, gy1), aw * ah, box_area(gt_boxes)[None, :])
 
 
 def match_naive(anchors, gt_boxes, valid=None):
@@ -90,7 +116,7 @@ def match_naive(anchors, gt_boxes, valid=None):
     idx = np.flatnonzero(valid)
     if m == 0:
         max_iou[idx] = 0
-        return Match(max_iou, argmax, gt_best, is_gt_best)
+        return Match(max_iou, argmax, gt_best, is_gt_best, False)
     # Two passes: gt_best needs every chunk before ties can be found.
     for s in range(0, len(idx), _NAIVE_CHUNK):
         ious = iou_matrix(a[idx[s:s + _NAIVE_CHUNK]], g)
@@ -102,7 +128,9 @@ def match_naive(anchors, gt_boxes, valid=None):
         ious = iou_matrix(a[idx[s:s + _NAIVE_CHUNK]], g)
         hit = (ious == gt_best[None, :]) & (gt_best[None, :] > 0)
         is_gt_best[idx[s:s + _NAIVE_CHUNK]] = hit.any(axis=1)
-    return Match(max_iou, argmax, gt_best, is_gt_best)
+    live = (g[:, 2] > g[:, 0]) & (g[:, 3] > g[:, 1])
+    unmatched = bool(len(idx) and np.any(live & (gt_best == 0)))
+    return Match(max_iou, argmax, gt_best, is_gt_best, unmatched)
 
 
 def grid_valid_mask(level_grids, image_hw=None):
@@ -113,15 +141,26 @@ def grid_valid_mask(level_grids, image_hw=None):
     return inside_mask(flat, image_hw[0], image_hw[1])
 
 
-def labels_from_match(match, positive_thresh, negative_thresh):
-    """RPN labels int32 ``[N]`` (1 fg, 0 bg, -1 ignore) of a :class:`Match`: the reference definition.
+def labels_from_match(match, positive_thresh, negative_thresh, rule=REFERENCE_RULE):
+    """RPN labels int32 ``[N]`` (1 fg, 0 bg, -1 ignore) of a :class:`Match`: the rules' one definition.
 
-    fg when max IoU >= ``positive_thresh``; bg when max IoU < ``negative_thresh``;
-    then every anchor attaining a gt's best IoU is fg (``is_gt_best``, applied
-    last); excluded anchors (max IoU -1) and all others are ignored.
+    ``rule`` ``"reference"`` (tensorpack, the default): fg when the anchor is a
+    gt's best or has max IoU >= ``positive_thresh``, and max IoU >=
+    ``negative_thresh`` (applied last, the bg rule wins); when a gt overlaps no
+    valid anchor, every anchor ties as its best. ``"always_positive"``: fg
+    when max IoU >= ``positive_thresh``; bg when < ``negative_thresh``; then
+    every anchor attaining a gt's best IoU is fg. Excluded anchors (max IoU -1)
+    and all others are ignored.
     """
+    if rule not in BEST_ANCHOR_RULES:
+        raise ValueError(f"unknown best-anchor rule {rule!r}")
     labels = np.full(len(match.max_iou), -1, dtype=np.int32)
     valid = match.max_iou >= 0
+    if rule == REFERENCE_RULE:
+        best = match.is_gt_best | (valid if match.unmatched_gt else False)
+        labels[valid & (best | (match.max_iou >= positive_thresh))] = 1
+        labels[valid & (match.max_iou < negative_thresh)] = 0
+        return labels
     labels[valid & (match.max_iou >= positive_thresh)] = 1
     labels[valid & (match.max_iou < negative_thresh)] = 0
     labels[match.is_gt_best] = 1
@@ -154,6 +193,9 @@ class _Axes:
         self.n = offset
         self.X1, self.X2 = np.concatenate(x1), np.concatenate(x2)
         self.Y1, self.Y2 = np.concatenate(y1), np.concatenate(y2)
+        # the same positions as pycocotools sees them (coco_form): float64 start, start + float32 size, size
+        self.CX0, _, self.CX1, _, self.CW, _ = coco_form(np.stack([self.X1, self.X1, self.X2, self.X1], axis=1))
+        self.CY0, _, self.CY1, _, self.CH, _ = coco_form(np.stack([self.Y1, self.Y1, self.Y2, self.Y1], axis=1))
         info = np.asarray(rows, dtype=np.int64).reshape(-1, 6)
         self.fh, self.fw, self.na, self.ratio, self.level_offset = (info[:, c] for c in range(5))
         self.base = self.level_offset + self.ratio
@@ -193,11 +235,13 @@ class _Axes:
         di, dj = np.divmod(ranks - (ends - sizes)[k], cols[k])
         return self.base[k] + ((self.vy0[k] + di) * self.fw[k] + self.vx0[k] + dj) * self.na[k]
 
-    def iou(self, k, i, j, g, g_area):
-        """Exact IoUs of the anchors (grid ``k``, row ``i``, column ``j``) with gt boxes ``g`` (broadcasting)."""
-        ax1, ax2 = self.X1[self.ox[k] + j], self.X2[self.ox[k] + j]
-        ay1, ay2 = self.Y1[self.oy[k] + i], self.Y2[self.oy[k] + i]
-        return _iou(ax1, ay1, ax2, ay2, (ax2 - ax1) * (ay2 - ay1), g[..., 0], g[..., 1], g[..., 2], g[..., 3], g_area)
+    def iou(self, k, i, j, gc, g_area):
+        """Exact IoUs of the anchors (grid ``k``, row ``i``, column ``j``) with gt boxes whose :func:`coco_form`
+        corners are ``gc`` (x0, y0, x1, y1; broadcasting)."""
+        cx, cy = self.ox[k] + j, self.oy[k] + i
+        iw = _overlap(self.CX0[cx], self.CX1[cx], gc[0], gc[2])
+        ih = _overlap(self.CY0[cy], self.CY1[cy], gc[1], gc[3])
+        return _iou(iw, ih, self.CW[cx] * self.CH[cy], g_area)
 
     def window(self, lo_edge, hi_edge, need, axis):
         """[start, stop) ``[K, M]`` of positions whose 1-D overlap with [lo_edge, hi_edge] (``[M]``) may reach ``need``.
@@ -221,9 +265,9 @@ def _ragged(starts, lengths):
     return owner, starts[owner] + np.arange(len(owner)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
 
 
-def label_grid(level_grids, strides, gt_boxes, image_hw, positive_thresh, negative_thresh):
+def label_grid(level_grids, strides, gt_boxes, image_hw, positive_thresh, negative_thresh, rule=REFERENCE_RULE):
     """RPN labels of grid-structured anchors as :class:`GridLabels`, whose ``dense()`` is identical to
-    ``labels_from_match(match_naive(flat, gt_boxes, inside), positive_thresh, negative_thresh)``.
+    ``labels_from_match(match_naive(flat, gt_boxes, inside), positive_thresh, negative_thresh, rule)``.
 
     Args:
         level_grids: float32 ``[fh, fw, A, 4]`` per level (``trainer.anchors.level_anchors``:
@@ -232,6 +276,7 @@ def label_grid(level_grids, strides, gt_boxes, image_hw, positive_thresh, negati
         gt_boxes: float32 ``[M, 4]`` xyxy.
         image_hw: (height, width); only anchors fully inside take part (None: all).
         positive_thresh, negative_thresh: IoU thresholds, ``negative_thresh <= positive_thresh``.
+        rule: ``RPN.BEST_ANCHOR_RULE`` (:func:`labels_from_match`).
 
     Why it is fast and still exact: labels only ask whether an anchor's max
     IoU reaches ``negative_thresh`` / ``positive_thresh`` and which anchors
@@ -253,8 +298,7 @@ def label_grid(level_grids, strides, gt_boxes, image_hw, positive_thresh, negati
     if m == 0 or not axes.has_valid.any():
         return GridLabels(axes, np.zeros(0, np.int64), not_bg, negative_thresh > 0)
     g_area = box_area(g)
-    gx1, gy1, gx2, gy2 = (g[:, c].astype(np.float64) for c in range(4))
-    gw, gh = gx2 - gx1, gy2 - gy1
+    gx1, gy1, gx2, gy2, gw, gh = coco_form(g)
 
     # 1. A lower bound of each gt's best IoU: the valid anchor nearest its centre, in every grid.
     def nearest(centre, first, size, v0, v1, count):
@@ -264,7 +308,7 @@ def label_grid(level_grids, strides, gt_boxes, image_hw, positive_thresh, negati
 
     jnear = nearest((gx1 + gx2) / 2, axes.x0, axes.aw, axes.vx0, axes.vx1, axes.fw)
     inear = nearest((gy1 + gy2) / 2, axes.y0, axes.ah, axes.vy0, axes.vy1, axes.fh)
-    near = axes.iou(np.arange(k)[:, None], inear, jnear, g[None], g_area[None])
+    near = axes.iou(np.arange(k)[:, None], inear, jnear, (gx1[None], gy1[None], gx2[None], gy2[None]), g_area[None])
     lower = np.where(axes.has_valid[:, None], near, 0).max(axis=0).astype(np.float64)
     t = np.minimum(float(negative_thresh), lower)[None, :]
 
@@ -279,36 +323,34 @@ def label_grid(level_grids, strides, gt_boxes, image_hw, positive_thresh, negati
     r0, r1 = axes.window(gy1, gy2, need_h, axis=0)
     counts = np.where(possible, (c1 - c0) * (r1 - r0), 0).ravel()
     total = int(counts.sum())
-    if total == 0:
-        return GridLabels(axes, np.zeros(0, np.int64), not_bg, negative_thresh > 0)
+    if total == 0:  # no pair overlaps: every gt is unmatched
+        fg = _reference_unmatched_fg(axes, not_bg, negative_thresh) if rule == REFERENCE_RULE else np.zeros(0, np.int64)
+        return GridLabels(axes, fg, not_bg, negative_thresh > 0)
 
     # 3. The windows' pairs. A pair's overlap width depends only on its column and its height only
-    #    on its row, so both are computed once per window column / row (the float32 operations of
-    #    _iou, hence the same values), columns and rows without overlap dropped, then combined per pair.
+    #    on its row, so both are computed once per window column / row (the operations of
+    #    iou_matrix, hence the same values), columns and rows without overlap dropped, then combined per pair.
     win = np.flatnonzero(counts)
     k_win, g_win = np.divmod(win, m)
     owner_c, col = _ragged(c0.ravel()[win], (c1 - c0).ravel()[win])
-    ax1, ax2 = axes.X1[axes.ox[k_win[owner_c]] + col], axes.X2[axes.ox[k_win[owner_c]] + col]
-    g_c = g[g_win[owner_c]]
-    iw = np.maximum(np.minimum(ax2, g_c[:, 2]) - np.maximum(ax1, g_c[:, 0]), np.float32(0))
+    cx = axes.ox[k_win[owner_c]] + col
+    iw = _overlap(axes.CX0[cx], axes.CX1[cx], gx1[g_win[owner_c]], gx2[g_win[owner_c]])
     owner_r, row = _ragged(r0.ravel()[win], (r1 - r0).ravel()[win])
-    ay1, ay2 = axes.Y1[axes.oy[k_win[owner_r]] + row], axes.Y2[axes.oy[k_win[owner_r]] + row]
-    g_r = g[g_win[owner_r]]
-    ih = np.maximum(np.minimum(ay2, g_r[:, 3]) - np.maximum(ay1, g_r[:, 1]), np.float32(0))
+    cy = axes.oy[k_win[owner_r]] + row
+    ih = _overlap(axes.CY0[cy], axes.CY1[cy], gy1[g_win[owner_r]], gy2[g_win[owner_r]])
     keep_c, keep_r = iw > 0, ih > 0
-    owner_c, col, iw, a_w = owner_c[keep_c], col[keep_c], iw[keep_c], (ax2 - ax1)[keep_c]
-    owner_r, row, ih, a_h = owner_r[keep_r], row[keep_r], ih[keep_r], (ay2 - ay1)[keep_r]
+    owner_c, col, iw, a_w = owner_c[keep_c], col[keep_c], iw[keep_c], axes.CW[cx][keep_c]
+    owner_r, row, ih, a_h = owner_r[keep_r], row[keep_r], ih[keep_r], axes.CH[cy][keep_r]
     ncol = np.bincount(owner_c, minlength=len(win))
     nrow = np.bincount(owner_r, minlength=len(win))
     pw, q = _ragged(np.zeros(len(win), np.int64), ncol * nrow)
     di, dj = np.divmod(q, ncol[pw])
     ci, ri = (np.cumsum(ncol) - ncol)[pw] + dj, (np.cumsum(nrow) - nrow)[pw] + di
-    inter = iw[ci] * ih[ri]
     gi = g_win[pw]
-    ious = inter / (a_w[ci] * a_h[ri] + g_area[gi] - inter)  # = _iou's expression, operand for operand
+    ious = _iou(iw[ci], ih[ri], a_w[ci] * a_h[ri], g_area[gi])  # = iou_matrix's values, bit for bit
 
-    # 4. The rules (labels_from_match): any pair >= negative makes the anchor not-bg,
-    #    any pair >= positive makes it fg, and each gt's best anchors are fg.
+    # 4. The rules (labels_from_match): any pair >= negative makes the anchor not-bg; an anchor at a
+    #    gt's best IoU or with a pair >= positive is a fg candidate.
     best = np.zeros(m, dtype=np.float32)
     np.maximum.at(best, gi, ious)
     at_best = (ious == best[gi]) & (ious > 0)
@@ -316,10 +358,23 @@ def label_grid(level_grids, strides, gt_boxes, image_hw, positive_thresh, negati
     ious, at_best, pw, ci, ri = ious[used], at_best[used], pw[used], ci[used], ri[used]
     k_p = k_win[pw]
     anchor = axes.base[k_p] + (row[ri] * axes.fw[k_p] + col[ci]) * axes.na[k_p]
-    fg = np.unique(anchor[at_best | (ious >= positive_thresh)])
+    candidates = anchor[at_best | (ious >= positive_thresh)]
     not_bg[anchor[ious >= negative_thresh]] = True
-    not_bg[fg] = True
+    if rule == ALWAYS_POSITIVE_RULE:
+        fg = np.unique(candidates)
+        not_bg[fg] = True
+    elif np.any(best == 0):  # a gt overlapping no anchor: in the reference every anchor is one of its best
+        fg = _reference_unmatched_fg(axes, not_bg, negative_thresh)
+    else:
+        fg = np.unique(candidates[not_bg[candidates]])  # the bg rule is applied last
     return GridLabels(axes, fg, not_bg, negative_thresh > 0)
+
+
+def _reference_unmatched_fg(axes, not_bg, negative_thresh):
+    """fg under the reference rule when some gt overlaps no valid anchor: every valid anchor not made bg."""
+    if negative_thresh <= 0:
+        return np.sort(axes.valid_at(np.arange(int(((axes.vx1 - axes.vx0) * (axes.vy1 - axes.vy0)).sum()))))
+    return np.flatnonzero(not_bg)
 
 
 class GridLabels:

@@ -5,7 +5,7 @@ H x W x 3) and get boxes back in those pixels, xyxy, origin top-left. In
 between the image is resized exactly as evaluation does
 (``trainer.train_data.eval_preprocess``: short edge ``PREPROC.SHORT_EDGE_SIZE``,
 long edge capped at ``PREPROC.MAX_SIZE``) and the graph's boxes, which are in
-resized-image pixels, are divided by that scale. :func:`detect_in_original_frame`
+resized-image pixels, are divided by one scale ``sqrt(sx * sy)`` (the reference's mapping). :func:`detect_in_original_frame`
 is the one place doing this, for the offline ``Predictor`` here and for the
 training callback's online predictor (through ``trainer.evaluate.run_evaluation``).
 
@@ -22,6 +22,7 @@ import numpy as np
 
 import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from ddcache.errors import UserError
+from ddcache.outputs import check_output
 from trainer.config import load_user_config
 
 OUTPUT_NAMES = ("output/boxes", "output/scores", "output/labels")
@@ -45,12 +46,13 @@ def detect_in_original_frame(graph_fn, image_bgr, cfg):
     image_bgr = np.asarray(image_bgr)
     if image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
         raise ValueError(f"expected an H x W x 3 BGR image, got shape {image_bgr.shape}")
-    resized, scale = eval_preprocess({"image": image_bgr}, cfg)
+    resized, _ = eval_preprocess({"image": image_bgr}, cfg)
     boxes, scores, labels = graph_fn(resized)
-    # scale is new/old per axis, (sx, sy) (or one number): original = resized / scale
-    sx, sy = np.broadcast_to(np.asarray(scale, dtype=np.float32).reshape(-1), (2,))
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) / np.array([sx, sy, sx, sy], dtype=np.float32)
+    # One scale for both axes, sqrt(sy * sx), as the reference maps boxes back (the two differ only by the
+    # rounding of the resized sides: well under a pixel).
     h, w = image_bgr.shape[:2]
+    scale = np.sqrt(resized.shape[0] * 1.0 / h * resized.shape[1] / w)
+    boxes = (np.asarray(boxes, dtype=np.float32).reshape(-1, 4) / scale).astype(np.float32)
     boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, w)  # rounding in the resize can push a box edge past the border
     boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, h)
     return boxes, np.asarray(scores, dtype=np.float32).reshape(-1), np.asarray(labels, dtype=np.int32).reshape(-1)
@@ -193,28 +195,39 @@ def _unique_stems(paths):
 @click.option("--score-thresh", type=click.FloatRange(0, 1), default=None,
               help="Keep detections scoring at least this (may be below the config's OUTPUT.RESULT_SCORE_THRESH, "
                    "the default).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Config override (repeatable).")
+@click.option("--override", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Config override (repeatable; --set is the same).")
 def predict(config_path, weights, images, out, score_thresh, overrides):
     """Detect on images; write <name>.detections.png (drawn) and <name>.detections.json per image.
 
     JSON: {"image", "width", "height", "score_thresh", "boxes": [[x0,y0,x1,y1] px of the
     original image], "scores", "labels": [category names]}.
     """
-    import cv2
-
     from trainer.inference_export import resolve_weights
 
     missing = [p for p in images if not Path(p).is_file()]
     if missing:
         raise UserError(f"{missing[0]}: no such image")
+    out_dir = check_output(out, "--out")
     resolve_weights(weights)  # a missing weights file is reported before TensorFlow builds anything
     overrides = tuple(overrides)
     if score_thresh is not None and score_thresh < load_user_config(config_path, overrides).OUTPUT.RESULT_SCORE_THRESH:
         # the graph drops detections below its own threshold: lower it so --score-thresh can show them
         overrides += (f"OUTPUT.RESULT_SCORE_THRESH={float(score_thresh)!r}",)
     predictor = Predictor(config_path, weights, overrides)
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    created = not out_dir.exists()
+    out_dir.mkdir(exist_ok=True)
+    try:
+        _predict_images(predictor, images, out_dir, score_thresh, weights)
+    except BaseException:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a failed run leaves no empty folder behind
+        raise
+
+
+def _predict_images(predictor, images, out_dir, score_thresh, weights):
+    import cv2
+
     for path, stem in zip(images, _unique_stems(images)):
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:

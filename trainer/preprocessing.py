@@ -5,11 +5,15 @@ boxes float32 ``[N, 4]`` xyxy in pixels of the image they belong to (origin
 top-left, x right, y down). Random choices come from an explicit
 ``np.random.RandomState`` so one seed reproduces one augmentation.
 
-Resized sizes follow tensorpack's ``ResizeShortestEdge``: scale the short edge
-to the target, shrink further if the long edge would exceed ``max_size``, round
-each side to the nearest pixel. Boxes are scaled per axis by ``new / old`` side
-length, so a box drawn on the resized image covers the same content; the
-returned ``scale = (sx, sy)`` maps predictions back with ``x / sx, y / sy``.
+Resized sizes follow the reference's ``CustomResize`` / ``InferenceResize``
+operation for operation: the short edge becomes the target, the long edge
+``scale * long``; if that exceeds ``max_size`` both are shrunk by ``max_size /
+long``; each side is rounded with ``int(x + 0.5)``. ``max_size`` is
+``PREPROC.MAX_SIZE`` rounded up to the resolution requirement
+(``trainer.config.max_image_side``), as the reference uses it. Boxes are
+scaled per axis by ``new / old`` side length (tensorpack's ``ResizeTransform``),
+so a box drawn on the resized image covers the same content; the returned
+``scale = (sx, sy)`` is that per-axis factor.
 """
 import cv2
 import numpy as np
@@ -17,12 +21,16 @@ import numpy as np
 
 def resized_shape(h, w, short_edge, max_size):
     """(new_h, new_w) in pixels for short edge ``short_edge`` with the long edge capped at ``max_size``."""
-    scale = float(short_edge) / min(h, w)
-    if max(h, w) * scale > max_size:
-        scale = float(max_size) / max(h, w)
-    new_h = min(max(1, int(h * scale + 0.5)), max_size)
-    new_w = min(max(1, int(w * scale + 0.5)), max_size)
-    return new_h, new_w
+    scale = short_edge * 1.0 / min(h, w)
+    if h < w:
+        new_h, new_w = short_edge, scale * w
+    else:
+        new_h, new_w = scale * h, short_edge
+    if max(new_h, new_w) > max_size:
+        scale = max_size * 1.0 / max(new_h, new_w)
+        new_h, new_w = new_h * scale, new_w * scale
+    # at least one pixel: the reference would fail on such a sliver
+    return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
 
 def resize(image, boxes, new_h, new_w):

@@ -2,65 +2,63 @@
 
 What one call does, in order:
 
-1. Load the config with overrides (``ConfigError`` -> one-line error), check
-   the caches exist, print the config and save it as ``LOGDIR/config.yaml``.
+1. Pre-flight, before anything is written (``trainer.preflight``): the config
+   with overrides (types and ranges), the log dir's folder, the caches (finished,
+   not empty, holding every ``DATA.CATEGORIES`` category, a usable box in the
+   train caches), a warning for a cache stored smaller than ``PREPROC`` asks
+   for, and when resuming, the checkpoint's variable shapes against the
+   config's model. A run with nothing left to train stops here too.
 2. Choose the trainer (``trainer.devices``): CPU / 1 GPU -> SimpleTrainer,
    ``--gpus N`` -> SyncMultiGPUTrainerReplicated, ``--horovod`` ->
    HorovodTrainer with this rank's disjoint part of the data.
 3. Starting point: the latest checkpoint in LOGDIR if there is one (global
    step, LR schedule and epoch position continue; ``--weights`` is then
    ignored), else ``--weights`` loaded tolerantly (``trainer.weights``), else
-   random initialisation.
+   random initialisation seeded by ``TRAIN.SEED``.
 4. Data: ``ddcache.source.CacheSource`` (lazy LMDB reads, nothing
    loaded up front, so the first step does not wait for a pass over the
    cache) -> ``trainer.train_data.build_train_dataflow`` -> ``QueueInput``.
-5. Callbacks (``trainer.callbacks``): LR warm-up + schedule by global step,
-   checkpoint every ``TRAIN.CHECKPOINT_PERIOD`` epochs and at the end, COCO
-   evaluation every ``TRAIN.EVAL_PERIOD`` epochs and at the end (``eval/AP50``
-   ... in TensorBoard and ``stats.json``), ``--steps`` stop.
+5. Callbacks (``trainer.callbacks``, ``trainer.guards``): a failure guard
+   (non-finite loss, input errors, dead map workers, an input that yields
+   nothing: the run stops with one line and no checkpoint of that state),
+   LR warm-up + schedule by global step, checkpoint every
+   ``TRAIN.CHECKPOINT_PERIOD`` epochs and at the end, COCO evaluation every
+   ``TRAIN.EVAL_PERIOD`` epochs and at the end (``eval/AP50`` ... in
+   TensorBoard and ``stats.json``), one console line every ``log_every``
+   steps, ``--steps`` stop.
+
+Reproducible: ``TRAIN.SEED`` seeds Python, numpy, TensorFlow's graph seed,
+the data order and the map workers' augmentation (by worker index); on CPU
+TensorFlow's op determinism is on, so two identical runs with in-process
+mapping (``--workers 0``) give identical losses and weights.
 
 The log dir is never wiped (``logger.set_logger_dir(dir, action='k')``).
 ``TRAIN.STARTING_EPOCH`` is not used: the starting epoch follows from the
 restored global step.
 Ctrl-C saves a checkpoint, then exits 130 with one line.
 """
+import contextlib
 import math
 import os
+import random
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
+import numpy as np
 
 import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from ddcache.errors import UserError
+from ddcache.outputs import check_output
 from trainer.config import load_user_config
 
 CONFIG_NAME = "config.yaml"
 
 
-INTERRUPT_EXIT_GRACE_S = 30
-
-
-def exit_within(seconds, code):
-    """Leave after at most ``seconds`` more, even if the interpreter's shutdown blocks.
-
-    After Ctrl-C the checkpoint is saved and reported; what remains is
-    teardown (tensorpack's input thread and ZMQ sockets, map workers), which
-    was interrupted mid-operation and once hung a CI run. A daemon timer
-    bounds it; map workers die with this process (``PR_SET_PDEATHSIG``).
-    Armed by the ``ddtrain`` entry point only (never inside a host process
-    such as a test runner).
-    """
-    def force():
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-
-    timer = threading.Timer(seconds, force)
-    timer.daemon = True
-    timer.start()
+INTERRUPT_EXIT_GRACE_S = 30  # after Ctrl-C or a failure, the outcome is saved and reported; teardown is bounded
 
 
 def watch_interrupts(code=130, prog="ddtrain"):
@@ -109,19 +107,16 @@ class TrainingInterrupted(Exception):
         self.checkpoint = checkpoint
 
 
-def check_caches(paths, what):
-    """UserError unless every path is a finished cache (has a manifest); returns the paths as str."""
-    from ddcache.store import CacheReader
+class TrainingFailed(Exception):
+    """The run stopped on a failure (non-finite loss, corrupt record, dead map worker, an input without a
+    usable sample); no checkpoint was written of the state it left. ``checkpoint``: the latest one (older)."""
 
-    if not paths:
-        raise UserError(f"no {what} cache given")
-    for p in paths:
-        if not Path(p).is_dir():
-            raise UserError(f"{what} cache {p}: no such directory")
-    reader = CacheReader([str(p) for p in paths])  # manifests only: UserError if one is not a cache
-    if len(reader) == 0:
-        raise UserError(f"{what} caches {', '.join(map(str, paths))}: no samples")
-    return [str(p) for p in paths]
+    def __init__(self, global_step, reason, checkpoint):
+        tail = f"; the latest checkpoint is {checkpoint}" if checkpoint else ""
+        super().__init__(f"training stopped at global step {global_step}: {reason}; no checkpoint written{tail}")
+        self.global_step = global_step
+        self.reason = reason
+        self.checkpoint = checkpoint
 
 
 def latest_checkpoint(logdir):
@@ -143,17 +138,16 @@ def checkpoint_step(prefix):
     return int(reader.get_tensor("global_step"))
 
 
-def total_steps(cfg):
-    """Global step at which training ends without ``--steps``: the last ``TRAIN.LR_SCHEDULE`` step.
+def total_steps(cfg, num_devices=1):
+    """Global step at which training ends without ``--steps``: the reference's run length on ``num_devices``
+    devices (``TRAIN.LR_SCHEDULE[-1]`` updates of ``TRAIN.REFERENCE_BATCH`` images, in whole epochs; see
+    ``trainer.lr_schedule``)."""
+    from trainer import lr_schedule
 
-    The tensorpack convention kept by ``trainer/config.py``: every listed step
-    decays the rate x0.1 and the last one ends training (so ``[50000]`` is
-    50000 steps at ``BASE_LR`` after the warm-up).
-    """
-    schedule = list(cfg.TRAIN.LR_SCHEDULE)
-    if not schedule:
-        raise UserError("the config sets no end of training (TRAIN.LR_SCHEDULE is empty): pass --steps")
-    return int(schedule[-1])
+    try:
+        return lr_schedule.resolve(cfg.TRAIN, num_devices).total_steps
+    except ValueError as exc:
+        raise UserError(f"{exc}: pass --steps or fix the config") from None
 
 
 def save_config(cfg, logdir, echo):
@@ -167,12 +161,6 @@ def save_config(cfg, logdir, echo):
         echo(f"config differs from the previous run's; that one is kept as {old}")
     os.replace(tmp, path)
     return path
-
-
-def _config_text(cfg):
-    import yaml
-
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
 
 
 def _resuming_json_writer():
@@ -204,7 +192,12 @@ def _resuming_json_writer():
     return ResumingJSONWriter()
 
 
-def build_dataflow(cfg, train_paths, choice, workers, seed, start_step=0):
+def _worker_seed(seed, rank, start_step):
+    """Seed of the map workers' augmentation: a function of (``TRAIN.SEED``, rank, restart step), never of a pid."""
+    return int(np.random.SeedSequence([int(seed), int(rank), int(start_step)]).generate_state(1)[0])
+
+
+def build_dataflow(cfg, train_paths, choice, workers, seed, failure, start_step=0):
     """The training DataFlow: streaming reads of this process's share of the caches -> datapoints, endless.
 
     Reading and checking happen in the feeding thread (LMDB by key, one
@@ -212,11 +205,14 @@ def build_dataflow(cfg, train_paths, choice, workers, seed, start_step=0):
     ``workers`` processes, which receive the small encoded record. The data
     order is a function of ``(seed, data epoch)``: a restart at ``start_step``
     continues with the data epoch that step was in instead of replaying the
-    first one.
+    first one. An error anywhere in it, or a run of records without a single
+    datapoint (``trainer.guards.StarvationCheck``), is recorded in
+    ``failure`` (a ``trainer.guards.RunFailure``) and ends the input.
     """
     from tensorpack.dataflow import RepeatedData
 
     from ddcache.source import CacheSource
+    from trainer.guards import FailureReport, StarvationCheck
     from trainer.train_data import build_train_dataflow
 
     source = CacheSource(train_paths, rank=choice.rank, world=choice.world, seed=seed, shuffle=True)
@@ -226,13 +222,114 @@ def build_dataflow(cfg, train_paths, choice, workers, seed, start_step=0):
                         f"{', '.join(map(str, train_paths))}")
     images_per_step = max(1, choice.num_gpus) if choice.kind == "replicated" else 1
     source.set_epoch(int(start_step) * images_per_step // share)
-    df = build_train_dataflow(source, cfg, num_workers=workers, seed=seed + int(start_step))
-    return RepeatedData(df, -1)
+
+    def starved(records):
+        return (f"no usable training sample in {records} records in a row ({share} per epoch): every box is NaN, "
+                f"outside its image or not one of DATA.CATEGORIES ({', '.join(cfg.DATA.CATEGORIES)})")
+
+    starvation = StarvationCheck(share, max(4, 2 * workers), starved)
+    df = build_train_dataflow(starvation.source(source), cfg, num_workers=workers,
+                              seed=_worker_seed(seed, choice.rank, start_step))
+    return FailureReport(starvation.output(RepeatedData(df, -1)), failure)
+
+
+def seed_everything(seed):
+    """Seed Python's and numpy's global generators (TensorFlow's graph seed is set where the graph is built)."""
+    random.seed(int(seed))
+    np.random.seed(int(seed))
+
+
+@contextlib.contextmanager
+def op_determinism(enabled):
+    """TensorFlow's op determinism on within the block (if ``enabled``), as it was afterwards.
+
+    A process-wide switch that also makes every unseeded random op an error,
+    so it is switched back off for whatever runs in this process next (tests,
+    a notebook). It costs little on CPU. On GPU it is left off: cuDNN's
+    fastest convolution algorithms and atomic adds (e.g. the RoIAlign /
+    crop_and_resize gradients) are not deterministic, and their
+    deterministic versions are slower or missing.
+    """
+    from tensorflow.python.framework import config as tf_config
+
+    switch = enabled and not tf_config.is_op_determinism_enabled()
+    if switch:
+        tf_config.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if switch:
+            tf_config.disable_op_determinism()
+
+
+@dataclass
+class RunPlan:
+    """What pre-flight settled for a run (:func:`plan_run`); ``choice`` is None when there is nothing to train."""
+
+    cfg: object
+    train: list
+    val: list
+    logdir: Path
+    weights: object
+    resume: object  # the checkpoint to continue from, or None
+    start_step: int
+    last_step: int
+    choice: object = None  # trainer.devices.TrainerChoice
+    workers: int = 0
+    seed: int = 0
+    accumulate: int = 1  # steps whose gradients make one update (trainer.lr_schedule)
+
+
+def plan_run(config, train, val, logdir, weights=None, overrides=(), steps=None, gpus=None, horovod=False,
+             workers=None, seed=None, warn=None):
+    """Every check a run can make before it writes anything (module docstring, step 1); returns a :class:`RunPlan`.
+
+    Raises UserError (one line) on the first problem; ``warn`` gets one line
+    per cache stored smaller than ``PREPROC`` asks for. Cheap checks run
+    first; TensorFlow is imported only for the device choice and the
+    checkpoint shapes.
+    """
+    from trainer import preflight
+
+    cfg = load_user_config(config, overrides)
+    categories = list(cfg.DATA.CATEGORIES)
+    if steps is not None and int(steps) < 1:
+        raise UserError(f"--steps {steps}: must be >= 1")
+    logdir = check_output(logdir, "--logdir")
+    train = preflight.check_caches(list(train), "train", categories)
+    val = preflight.check_caches(list(val), "val", categories)
+    preflight.check_usable_boxes(train, categories)
+    for message in preflight.resolution_warnings(train, val, cfg):
+        warn(message)
+    resume = latest_checkpoint(logdir) if logdir.is_dir() else None
+    if weights is not None and not resume:
+        from trainer.inference_export import resolve_weights
+
+        resolve_weights(weights)  # a wrong path is a one-line error before TensorFlow is even imported
+    start_step = checkpoint_step(resume) if resume else 0
+
+    from trainer import devices, lr_schedule
+
+    choice = devices.resolve_choice(gpus, horovod or cfg.TRAINER == "horovod")
+    last_step = int(steps) if steps is not None else total_steps(cfg, choice.total_devices)
+    plan = RunPlan(cfg, train, val, logdir, weights, resume, start_step, last_step)
+    if start_step >= last_step:
+        return plan
+    try:
+        plan.accumulate = lr_schedule.accumulation(choice.total_devices, int(cfg.TRAIN.REFERENCE_BATCH))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if resume:
+        preflight.check_resume(resume, cfg)
+    plan.choice = choice
+    plan.workers = int(cfg.TRAIN.NUM_WORKERS) if workers is None else int(workers)
+    plan.seed = int(cfg.TRAIN.SEED) if seed is None else int(seed)
+    return plan
 
 
 def train_main(config, train, val, logdir, weights=None, overrides=(), steps=None, gpus=None, horovod=False,
                workers=None, seed=None, eval_max_datapoints=None, eval_at_start=False, extra_callbacks=(),
-               echo=None):
+               echo=None, warn=None, log_every=20, verbose=False):
     """Train (or continue training) a detector; see the module docstring for the sequence.
 
     Args:
@@ -245,115 +342,119 @@ def train_main(config, train, val, logdir, weights=None, overrides=(), steps=Non
       gpus, horovod: device request (``trainer.devices.choose_trainer``);
         ``TRAINER: horovod`` in the config also selects Horovod.
       workers: data mapping processes (default ``TRAIN.NUM_WORKERS``; 0 = in-process).
-      seed: data order / augmentation seed (default ``TRAIN.SEED``); a restart
+      seed: seed of everything random (default ``TRAIN.SEED``); a restart
         continues the data epoch of the restored step (:func:`build_dataflow`).
       eval_max_datapoints: evaluate on the first N val samples only.
       eval_at_start: also evaluate before the first step (the starting point's numbers).
       extra_callbacks: more tensorpack callbacks, run after the built-in ones.
-      echo: callable for progress lines (default: print to stdout).
+      echo: callable for progress lines (default: print to stdout); ``warn``
+        for warnings (default: ``warning: ...`` on stderr).
+      log_every: a console line every N steps; ``verbose``: tensorpack's INFO log on the console too.
     Returns ``{"global_step", "checkpoint", "logdir", "eval"}`` (``eval``:
     ``[(global_step, stats)]`` of the evaluations run in this call).
-    Raises :class:`TrainingInterrupted` on Ctrl-C (after saving), UserError on
-    user mistakes. The graph is built in a fresh ``tf.Graph``, so several
-    calls can run in one process (one after the other).
+    Raises :class:`TrainingInterrupted` on Ctrl-C (after saving),
+    :class:`TrainingFailed` when the run had to stop (nothing saved of that
+    state), UserError on user mistakes (before anything is written). The
+    graph is built in a fresh ``tf.Graph``, so several calls can run in one
+    process (one after the other).
     """
     echo = echo or (lambda msg: click.echo(msg))
-    cfg = load_user_config(config, overrides)
-    train = check_caches(list(train), "train")
-    val = check_caches(list(val), "val")
-    if steps is not None and int(steps) < 1:
-        raise UserError(f"--steps {steps}: must be >= 1")
-    logdir = Path(logdir)
+    warn = warn or (lambda msg: click.echo(f"warning: {msg}", err=True))
+    plan = plan_run(config, train, val, logdir, weights, overrides, steps, gpus, horovod, workers, seed, warn)
+    if plan.choice is None:
+        echo(f"{plan.resume}: global step {plan.start_step} already >= {plan.last_step}; nothing to train")
+        return {"global_step": plan.start_step, "checkpoint": plan.resume, "logdir": str(plan.logdir), "eval": []}
+    return _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_every, verbose)
 
-    if weights is not None and not (logdir / "checkpoint").is_file():
-        from trainer.inference_export import resolve_weights
 
-        resolve_weights(weights)  # a wrong path is a one-line error before TensorFlow is even imported
-
-    from trainer import devices
-
-    choice = devices.resolve_choice(gpus, horovod or cfg.TRAINER == "horovod")
-    echo(f"trainer: {choice.describe()}")
-
-    resume = latest_checkpoint(logdir) if logdir.is_dir() else None
-    start_step = checkpoint_step(resume) if resume else 0
-    if resume and weights is not None:
-        echo(f"--weights {weights} ignored: {logdir} already holds a checkpoint ({Path(resume).name})")
-    spe = int(cfg.TRAIN.STEPS_PER_EPOCH)
-    if spe < 1:
-        raise UserError(f"TRAIN.STEPS_PER_EPOCH {spe}: must be >= 1")
-    last_step = int(steps) if steps is not None else total_steps(cfg)
-
+def _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_every, verbose):
+    """The run itself (module docstring, steps 2-5): from here on the log dir is written."""
+    cfg, logdir, choice, resume, start_step, last_step = (plan.cfg, plan.logdir, plan.choice, plan.resume,
+                                                          plan.start_step, plan.last_step)
+    if resume and plan.weights is not None:
+        echo(f"--weights {plan.weights} ignored: {logdir} already holds a checkpoint ({Path(resume).name})")
+    if plan.accumulate > 1:
+        echo(f"{choice.total_devices} device(s): gradients of {plan.accumulate} steps are summed into one update of "
+             f"{cfg.TRAIN.REFERENCE_BATCH} images (TRAIN.REFERENCE_BATCH), as the reference does")
     if choice.is_chief:
-        logdir.mkdir(parents=True, exist_ok=True)
-        echo(_config_text(cfg).rstrip())
-        echo(f"config saved to {save_config(cfg, logdir, echo)}")
-    if start_step >= last_step:
-        echo(f"{resume}: global step {start_step} already >= {last_step}; nothing to train")
-        return {"global_step": start_step, "checkpoint": resume, "logdir": str(logdir), "eval": []}
+        logdir.mkdir(exist_ok=True)
+        save_config(cfg, logdir, echo)
+        echo(f"log dir {logdir}: config.yaml, log.log (full log, variable table), stats.json; "
+             f"watch it with: tensorboard --logdir {logdir}")
 
     from tensorpack import QueueInput, TrainConfig, launch_train_with_config
-    from tensorpack.callbacks import (EstimatedTimeLeft, GPUUtilizationTracker, HostMemoryTracker, MergeAllSummaries,
-                                      MovingAverageSummary, PeakMemoryTracker, PeriodicTrigger, ProgressBar,
-                                      RunUpdateOps, ScalarPrinter, TFEventWriter, ThroughputTracker)
+    from tensorpack.callbacks import (GPUUtilizationTracker, HostMemoryTracker, MergeAllSummaries,
+                                      MovingAverageSummary, PeakMemoryTracker, PeriodicTrigger, RunUpdateOps,
+                                      ScalarPrinter, TFEventWriter, ThroughputTracker)
+    from tensorpack.dataflow.base import DataFlowTerminated
     from tensorpack.tfutils.sessinit import SaverRestore
     from tensorpack.utils import logger
 
     import tensorflow as tf
 
     from trainer import callbacks as cbs
+    from trainer import devices
+    from trainer.console import quiet_library_loggers
+    from trainer.guards import FailureGuard, MapWorkerWatch, RunFailure, map_worker_processes, stop_map_workers
     from trainer.model.detector import CascadeRCNN
 
+    quiet_library_loggers(verbose)
     if choice.is_chief:
         logger.set_logger_dir(str(logdir), action="k")
+    seed_everything(plan.seed)
     cfg.freeze()
 
     session_init = None
     if resume:
         echo(f"resuming from {resume} (global step {start_step})")
         session_init = SaverRestore(resume)
-    elif weights is not None:
+    elif plan.weights is not None:
         from trainer.weights import FineTuneInit
 
-        session_init = FineTuneInit(weights, strip_training=True, echo=echo)
+        session_init = FineTuneInit(plan.weights, strip_training=True, echo=echo)
 
+    spe = int(cfg.TRAIN.STEPS_PER_EPOCH)
     starting_epoch, first_epoch_steps = cbs.resume_position(start_step, spe)
     max_epoch = int(math.ceil(last_step / spe))
-    workers = int(cfg.TRAIN.NUM_WORKERS) if workers is None else int(workers)
-    if seed is None:
-        seed = int(cfg.TRAIN.SEED)
-    df = build_dataflow(cfg, train, choice, workers, seed, start_step)
+    failure = RunFailure()
+    df = build_dataflow(cfg, plan.train, choice, plan.workers, plan.seed, failure, start_step)
+    queue_input = QueueInput(df)
+    images_per_step = max(1, choice.num_gpus)
 
-    saver = cbs.CheckpointSaver(max_to_keep=max(1, int(cfg.TRAIN.MAX_CHECKPOINTS)),
+    saver = cbs.CheckpointSaver(failure=failure, max_to_keep=int(cfg.TRAIN.MAX_CHECKPOINTS),
                                 keep_checkpoint_every_n_hours=1e6, checkpoint_dir=str(logdir))
-    evaluation = cbs.PeriodicCocoEval(cfg, val, int(cfg.TRAIN.EVAL_PERIOD), last_step=last_step,
+    evaluation = cbs.PeriodicCocoEval(cfg, plan.val, int(cfg.TRAIN.EVAL_PERIOD), last_step=last_step,
                                       max_datapoints=eval_max_datapoints, at_start=eval_at_start,
-                                      device=0 if choice.num_gpus else -1)
+                                      device=0 if choice.num_gpus else -1, echo=echo, failure=failure)
     callbacks = [
-        cbs.WarmupStepLR(cbs.lr_function(cfg)),
-        PeriodicTrigger(saver, every_k_epochs=max(1, int(cfg.TRAIN.CHECKPOINT_PERIOD))),
+        FailureGuard(failure),  # first: no later callback of a failed step sees its state
+        MapWorkerWatch(lambda: map_worker_processes(df), failure, queue_input),
+        cbs.WarmupStepLR(cbs.lr_function(cfg, choice.total_devices)),
+        PeriodicTrigger(saver, every_k_epochs=int(cfg.TRAIN.CHECKPOINT_PERIOD)),
         evaluation,
-        EstimatedTimeLeft(),
-        ThroughputTracker(samples_per_step=max(1, choice.num_gpus)),  # one image per device and step
+        ThroughputTracker(samples_per_step=images_per_step),  # one image per device and step
         HostMemoryTracker(),  # free RAM per epoch: flat, since the data is streamed, not loaded
         cbs.StopAtStep(last_step),
     ]
     if choice.num_gpus:
         callbacks += [PeakMemoryTracker(list(range(choice.num_gpus))), GPUUtilizationTracker()]
+    if choice.is_chief:
+        callbacks.append(cbs.ConsoleProgress(log_every, last_step, images_per_step, echo))
     callbacks += list(extra_callbacks)
     monitors = [TFEventWriter(), _resuming_json_writer(), ScalarPrinter()] if choice.is_chief else []
 
     tp_trainer = devices.make_trainer(choice)
     tp_trainer.loop = cbs.ResumableLoop(first_epoch_steps)
-    echo(f"training from global step {start_step} to {last_step} (epoch {starting_epoch}, "
-         f"{first_epoch_steps} step(s) left in it, {spe} per epoch)")
-    with tf.Graph().as_default():  # a fresh graph per call: train_main can run twice in one process
+    echo(f"training {choice.describe()} from global step {start_step} to {last_step} "
+         f"({spe} steps per epoch, seed {plan.seed}, {plan.workers} map worker(s))")
+    # a fresh graph per call: train_main can run twice in one process
+    with op_determinism(choice.num_gpus == 0), tf.Graph().as_default():
+        tf.compat.v1.set_random_seed(plan.seed)
         train_config = TrainConfig(
-            model=CascadeRCNN(cfg, choice.data_format),
-            data=QueueInput(df),
+            model=CascadeRCNN(cfg, choice.data_format, num_devices=choice.total_devices),
+            data=queue_input,
             callbacks=callbacks,
-            extra_callbacks=[MovingAverageSummary(), ProgressBar(), MergeAllSummaries(period=max(1, min(spe, 20))),
-                             RunUpdateOps()],
+            extra_callbacks=[MovingAverageSummary(), MergeAllSummaries(period=max(1, min(spe, 20))), RunUpdateOps()],
             monitors=monitors,
             session_init=session_init,
             steps_per_epoch=spe,
@@ -365,8 +466,15 @@ def train_main(config, train, val, logdir, weights=None, overrides=(), steps=Non
         except KeyboardInterrupt:
             step = saver.last_saved_step if saver.last_saved_step is not None else tp_trainer.loop.global_step
             raise TrainingInterrupted(step, saver.last_path) from None
+        except DataFlowTerminated:  # the input failed while the first datapoints were read
+            if not failure:
+                raise
         finally:
+            stop_map_workers(df)
             sys.stdout.flush()
+    if failure:
+        step = failure.step if failure.step is not None else tp_trainer.loop.global_step
+        raise TrainingFailed(step, failure.reason, latest_checkpoint(logdir))
     final_step = tp_trainer.loop.global_step
     checkpoint = saver.last_path or latest_checkpoint(logdir)
     echo(f"done at global step {final_step}; checkpoint {checkpoint}")
@@ -376,14 +484,15 @@ def train_main(config, train, val, logdir, weights=None, overrides=(), steps=Non
 @click.command("train")
 @click.option("--config", "config_path", required=True, type=click.Path(), help="Model config (YAML).")
 @click.option("--train", "train_caches", required=True, multiple=True, type=click.Path(),
-              help="Training cache directory (repeatable: read as one dataset).")
+              help="Training cache directory (repeat the option for several: read as one dataset).")
 @click.option("--val", "val_caches", required=True, multiple=True, type=click.Path(),
               help="Validation cache directory for the periodic COCO evaluation (repeatable).")
 @click.option("--logdir", required=True, type=click.Path(file_okay=False),
-              help="Checkpoints, config.yaml, stats.json, TensorBoard logs. Never wiped; rerun to continue.")
+              help="Checkpoints, config.yaml, log.log, stats.json, TensorBoard logs. Never wiped; rerun to continue.")
 @click.option("--weights", default=None,
               help="Fine-tuning start point (checkpoint prefix/dir or .npz); only used while LOGDIR has no checkpoint.")
-@click.option("--override", "overrides", multiple=True, metavar="KEY=VALUE", help="Config override (repeatable).")
+@click.option("--override", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Config override, e.g. TRAIN.BASE_LR=0.005 (repeatable; --set is the same).")
 @click.option("--steps", type=click.IntRange(1), default=None,
               help="Stop (and save) at this global step, counted across restarts.")
 @click.option("--gpus", type=click.IntRange(0), default=None,
@@ -394,12 +503,26 @@ def train_main(config, train, val, logdir, weights=None, overrides=(), steps=Non
                    "[default: TRAIN.NUM_WORKERS].")
 @click.option("--eval-max-datapoints", type=click.IntRange(1), default=None,
               help="Evaluate on the first N validation samples only.")
-def train(config_path, train_caches, val_caches, logdir, weights, overrides, steps, gpus, horovod, workers,
-          eval_max_datapoints):
-    """Train the Cascade R-CNN detector from ddcache caches (resumes from LOGDIR's latest checkpoint)."""
+@click.option("--log-every", type=click.IntRange(1), default=20, show_default=True,
+              help="Print one line (losses, lr, img/s, ETA) every N steps.")
+@click.pass_context
+def train(ctx, config_path, train_caches, val_caches, logdir, weights, overrides, steps, gpus, horovod, workers,
+          eval_max_datapoints, log_every):
+    """Train the Cascade R-CNN detector from ddcache caches (resumes from LOGDIR's latest checkpoint).
+
+    Everything is checked before the log dir is written (config values,
+    caches and their categories, the checkpoint when resuming). A run that
+    cannot go on (non-finite loss, corrupt record, dead map worker) stops
+    with one line and exit code 1, without a checkpoint of that state.
+    """
+    verbose = bool((ctx.obj or {}).get("verbose"))
     try:
         train_main(config_path, train_caches, val_caches, logdir, weights=weights, overrides=overrides, steps=steps,
-                   gpus=gpus, horovod=horovod, workers=workers, eval_max_datapoints=eval_max_datapoints)
+                   gpus=gpus, horovod=horovod, workers=workers, eval_max_datapoints=eval_max_datapoints,
+                   log_every=log_every, verbose=verbose)
     except TrainingInterrupted as exc:
         click.echo(f"ddtrain: {exc}", err=True)
         sys.exit(130)
+    except TrainingFailed as exc:
+        click.echo(f"ddtrain: error: {exc}", err=True)
+        sys.exit(1)

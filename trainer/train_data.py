@@ -25,8 +25,10 @@ int32 ``[fh, fw, A]`` then ``anchor_boxes_lvl{l}`` float32 ``[fh, fw, A, 4]``;
 ``gt_labels`` int64 ``[N]`` in 1..K.
 
 Seeding: a mapper's RandomState is created lazily in the process that uses
-it, from ``(seed, pid)``, so forked workers draw different augmentations. For
-a reproducible stream pass your own RandomState to :meth:`TrainingMapper.map`.
+it, from ``(seed, worker index)`` (:func:`map_worker_index`: 0 in the process
+that built the dataflow, 1 + k in map worker k), so forked workers draw
+different augmentations and a run repeats with the same seed (never seeded
+by pid). For an explicit stream pass your own RandomState to :meth:`TrainingMapper.map`.
 
 Worker processes receive the small encoded records and send a compact form
 (uint8 image, the kept anchors' indices and boxes) that the consuming process
@@ -40,6 +42,7 @@ import numpy as np
 
 from ddcache import categories
 from trainer import preprocessing
+from trainer.config import max_image_side
 from trainer.anchor_targets import AnchorGrids, RPNTargetParams, dense_level_targets, rpn_targets, sparse_rpn_targets
 
 
@@ -77,6 +80,21 @@ def _label_lookup(train_ids):
     return lookup
 
 
+def map_worker_index():
+    """0 in a process that is not a map worker; 1 + k in tensorpack ZMQ map worker k.
+
+    tensorpack names its map workers' processes by ZMQ identity ``b'0'``,
+    ``b'1'``, ... (``MultiProcessMapDataZMQ._Worker.identity``), which the
+    forked worker sees as its ``multiprocessing.current_process()``.
+    """
+    import multiprocessing as mp
+
+    identity = getattr(mp.current_process(), "identity", None)
+    if isinstance(identity, bytes) and identity.isdigit():
+        return 1 + int(identity)
+    return 0
+
+
 class TrainingMapper:
     """Picklable callable: decoded sample dict -> datapoint list (module docstring), or None.
 
@@ -90,7 +108,7 @@ class TrainingMapper:
         self.compact = bool(compact)
         # [lo, hi] range; a single size (scalar or [s]) means a fixed short edge
         self.short_edge_range = tuple(int(v) for v in np.atleast_1d(cfg.PREPROC.TRAIN_SHORT_EDGE_SIZE))
-        self.max_size = int(cfg.PREPROC.MAX_SIZE)
+        self.max_size = max_image_side(cfg)
         self.train_ids = tuple(categories.ids_for(cfg.DATA.CATEGORIES))
         self.params = RPNTargetParams.from_cfg(cfg)
         self._reset()
@@ -109,10 +127,11 @@ class TrainingMapper:
         return state
 
     def setup(self):
-        """Create this process's state (RandomState from (seed, pid), anchor grids) unless it exists; idempotent."""
+        """Create this process's state (RandomState from (seed, worker index), anchor grids) unless it exists;
+        idempotent. A forked copy (another pid) gets its own."""
         pid = os.getpid()
         if self._pid != pid:
-            self._rng = np.random.RandomState([self.seed & 0xFFFFFFFF, pid])
+            self._rng = np.random.RandomState([self.seed & 0xFFFFFFFF, map_worker_index()])
             self._pid = pid
         if self._grids is None:
             self._grids = AnchorGrids(self.params, self.max_size)
@@ -206,7 +225,7 @@ def build_train_dataflow(source, cfg, num_workers=0, seed=None):
     key in the consumer. Records without a box of a trained category give no
     datapoint (counted in the returned stream's ``dropped``). ``seed``
     (default ``cfg.TRAIN.SEED``) seeds the mappers' RandomStates together
-    with the pid. The buffer holds 2 records per worker (at least 4): a
+    with the worker index. The buffer holds 2 records per worker (at least 4): a
     compact 1408x1000 datapoint is ~5 MB (~25 MB expanded), so tensorpack's
     default of 200 would hold gigabytes, while 2 per worker already hides a
     worker's jitter. Wrap in ``RepeatedData(df, -1)`` for an endless stream.
@@ -228,7 +247,7 @@ def build_train_dataflow(source, cfg, num_workers=0, seed=None):
 def eval_preprocess(sample, cfg):
     """Evaluation input: (image uint8 ``[h, w, 3]`` BGR resized to ``PREPROC.SHORT_EDGE_SIZE`` capped at
     ``PREPROC.MAX_SIZE``, scale float32 [2] = (sx, sy)); original pixel = predicted / scale."""
-    image, scale = preprocessing.eval_resize(sample["image"], int(cfg.PREPROC.SHORT_EDGE_SIZE), int(cfg.PREPROC.MAX_SIZE))
+    image, scale = preprocessing.eval_resize(sample["image"], int(cfg.PREPROC.SHORT_EDGE_SIZE), max_image_side(cfg))
     return _as_uint8(image), scale
 
 

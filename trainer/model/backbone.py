@@ -71,14 +71,18 @@ class ResNetBackbone:
         self.widths = [int(round(w * b.WIDTH_MULT)) for w in GROUP_WIDTHS]
         self.stem_width = int(round(STEM_WIDTH * b.WIDTH_MULT))
 
-    def _conv(self, name, x, out, kernel, stride=1, groups=1, relu=True, zero_init=False):
-        """Conv (no bias) + norm (+ ReLU). Strided 3x3/7x7 convs pad explicitly unless TF_PAD_MODE.
+    def _conv(self, name, x, out, kernel, stride=1, groups=1, relu=True, zero_init=False, explicit_pad=True):
+        """Conv (no bias) + norm (+ ReLU).
 
-        Padding (k//2 - 1 before, k//2 after) for strided convs matches the
-        Caffe-trained ImageNet models; TF's 'SAME' pads the other side.
+        Strided convs with ``explicit_pad`` (unless ``TF_PAD_MODE``) pad
+        ``k//2`` before and ``k//2 - 1`` after, then run 'VALID' (the layout of
+        Caffe-trained ImageNet models); otherwise TF 'SAME', which pads after.
+        Which convs pad explicitly is the reference's choice, layer by layer:
+        conv0 and the plain ResNet bottleneck's strided conv2 do, the ResNeXt
+        bottleneck's grouped conv2 and the 1x1 shortcuts do not.
         """
         padding = "SAME"
-        if stride > 1 and kernel > 1 and not self.tf_pad:
+        if explicit_pad and stride > 1 and kernel > 1 and not self.tf_pad:
             x = _pad_hw(x, self.data_format, kernel // 2, kernel // 2 - 1)
             padding = "VALID"
 
@@ -92,7 +96,7 @@ class ResNetBackbone:
     def _bottleneck(self, x, ch, stride):
         if self.resnext:
             y = self._conv("conv1", x, 2 * ch, 1)
-            y = self._conv("conv2", y, 2 * ch, 3, stride=stride, groups=RESNEXT_GROUPS)
+            y = self._conv("conv2", y, 2 * ch, 3, stride=stride, groups=RESNEXT_GROUPS, explicit_pad=False)
         else:
             y = self._conv("conv1", x, ch, 1)
             y = self._conv("conv2", y, ch, 3, stride=stride)
@@ -101,7 +105,7 @@ class ResNetBackbone:
         shortcut = x
         if num_channels(x, self.data_format) != 4 * ch:
             shortcut = self._conv("convshortcut", x, 4 * ch, 1, stride=stride, relu=False)
-        return tf.nn.relu(y + shortcut)
+        return tf.nn.relu(y + shortcut, name="output")
 
     def _stem(self, image):
         x = self._conv("conv0", image, self.stem_width, 7, stride=2)

@@ -19,15 +19,22 @@ tf1 = tf.compat.v1
 
 
 def scale_gradient(x, scale):
-    """Identity forward; multiplies the gradient by ``scale`` backward."""
-    return x * scale + tf.stop_gradient(x * (1.0 - scale))
+    """Exactly ``x`` forward (bit for bit); multiplies the gradient by ``scale`` backward."""
+    @tf.custom_gradient
+    def identity(y):
+        return tf.identity(y), lambda dy: dy * scale
+
+    return identity(x)
 
 
 class CascadeHeads:
     """The box stages. ``pool(boxes) -> [N, C, 7, 7]`` is given (``poolers.multilevel_roi_align`` on P2-P5)."""
 
-    def __init__(self, cfg, pool, num_classes, image_hw):
+    def __init__(self, cfg, pool, num_classes, image_hw, clamp, training):
         self.pool = pool
+        self.clamp = clamp
+        self.training = training
+        self.endpoints = {}  # per stage: its input boxes, logits, deltas, refined boxes (tests compare them)
         self.num_classes = int(num_classes)
         self.image_hw = image_hw
         self.ious = [float(v) for v in cfg.CASCADE.IOUS]
@@ -45,10 +52,15 @@ class CascadeHeads:
         Returns (class logits ``[N, K+1]``, deltas ``[N, 4]``, refined boxes ``[N, 4]``).
         """
         with tf1.variable_scope(f"cascade_rcnn_stage{k + 1}"):
-            pooled = scale_gradient(self.pool(boxes), 1.0 / self.num_stages)
+            pooled = self.pool(boxes)
+            if self.training:
+                pooled = scale_gradient(pooled, 1.0 / self.num_stages)
             logits, deltas = fastrcnn_outputs(fastrcnn_2fc_head(pooled, self.fc_dim), self.num_classes)
-            refined = box_ops.clip(box_ops.decode(deltas, boxes, self.weights[k]), self.image_hw)
-        return logits, deltas, tf.stop_gradient(refined)
+            refined = tf.stop_gradient(box_ops.clip(box_ops.decode(deltas, boxes, self.clamp, self.weights[k]),
+                                                    self.image_hw))
+        self.endpoints.update({f"stage{k + 1}_boxes_in": boxes, f"stage{k + 1}_label_logits": logits,
+                               f"stage{k + 1}_box_logits": deltas, f"stage{k + 1}_boxes_out": refined})
+        return logits, deltas, refined
 
     def losses(self, proposals, gt_boxes, gt_labels):
         """Training: per-stage dicts of ``label_loss, box_loss, accuracy, num_fg`` (scalar tensors)."""
@@ -59,14 +71,14 @@ class CascadeHeads:
         out = []
         for k in range(self.num_stages):
             if k > 0:
-                labels, gt_index, _ = match(boxes, gt_boxes, gt_labels, self.ious[k])
+                labels, gt_index = match(boxes, gt_boxes, gt_labels, self.ious[k])
             logits, deltas, refined = self.run_stage(k, boxes)
             with tf.name_scope(f"cascade_loss_stage{k + 1}"):
                 names = ("label_loss", "box_loss", "accuracy", "num_fg")
                 values = fastrcnn_losses(boxes, labels, tf.gather(gt_padded, gt_index), logits, deltas, self.weights[k])
                 out.append(dict(zip(names, values)))
             # boxes the stage squeezed to nothing carry no signal for the next one
-            boxes = tf.boolean_mask(refined, tf.reduce_all(refined[:, 2:] > refined[:, :2], axis=1))
+            boxes = tf.boolean_mask(refined, box_ops.area(refined) > 0)
         return out
 
     def predict(self, proposals):
@@ -75,4 +87,4 @@ class CascadeHeads:
         for k in range(self.num_stages):
             logits, _, boxes = self.run_stage(k, boxes)
             probs.append(tf.nn.softmax(logits))
-        return boxes, tf.add_n(probs) / float(self.num_stages)
+        return boxes, tf.multiply(tf.add_n(probs), 1.0 / self.num_stages)

@@ -18,27 +18,35 @@ def _gamma_init(zero_init):
 
 
 def group_norm(name, x, data_format, groups=32, zero_init=False):
-    """GroupNorm: normalise each group of ``C / groups`` channels over (channels, H, W) per image.
+    """GroupNorm: normalise each group of ``C / groups`` consecutive channels over (channels, H, W) per image.
 
     Variables ``name/gamma``, ``name/beta`` of shape ``[C]``; ``zero_init``
     starts gamma at 0 (last norm of a residual block: the block starts as identity).
+
+    Computed as the reference computes it (tensorpack's ``GroupNorm``): the
+    tensor viewed as ``[N, G, C/G, H, W]``, ``tf.nn.moments`` over the last
+    three axes, then ``tf.nn.batch_normalization``. An NHWC input is transposed
+    to that layout and back: taking the moments over the non-contiguous axes
+    of ``[N, H, W, G, C/G]`` groups the same channels but sums them in another
+    order, which on CPU lost ~2e-3 relative precision per layer.
     """
     c = num_channels(x, data_format)
     assert c % groups == 0, f"{name}: {c} channels not divisible into {groups} groups"
+    if data_format == "NHWC":
+        x = tf.transpose(x, [0, 3, 1, 2])
     shape = tf.shape(x)
-    if data_format == "NCHW":
-        grouped = tf.reshape(x, [shape[0], groups, c // groups, shape[2], shape[3]])
-        axes, param_shape = [2, 3, 4], [1, groups, c // groups, 1, 1]
-    else:
-        grouped = tf.reshape(x, [shape[0], shape[1], shape[2], groups, c // groups])
-        axes, param_shape = [1, 2, 4], [1, 1, 1, groups, c // groups]
-    mean, var = tf.nn.moments(grouped, axes, keepdims=True)
-    normed = (grouped - mean) * tf.math.rsqrt(var + EPSILON)
+    grouped = tf.reshape(x, tf.stack([-1, groups, c // groups, shape[2], shape[3]]))
+    mean, var = tf.nn.moments(grouped, [2, 3, 4], keepdims=True)
+    param_shape = [1, groups, c // groups, 1, 1]
     with tf1.variable_scope(name):
         gamma = tf1.get_variable("gamma", [c], initializer=_gamma_init(zero_init))
         beta = tf1.get_variable("beta", [c], initializer=tf1.zeros_initializer())
-    out = normed * tf.reshape(gamma, param_shape) + tf.reshape(beta, param_shape)
-    return tf.reshape(out, shape, name=name + "_output")
+    out = tf.nn.batch_normalization(grouped, mean, var, tf.reshape(beta, param_shape), tf.reshape(gamma, param_shape),
+                                    EPSILON)
+    out = tf.reshape(out, shape)
+    if data_format == "NHWC":
+        out = tf.transpose(out, [0, 2, 3, 1])
+    return tf.identity(out, name=name + "_output")
 
 
 def frozen_batch_norm(name, x, data_format, zero_init=False):

@@ -7,25 +7,26 @@ bilinear points at bin centres (pixel centres at +0.5) and averages each
 the graph's data format, because the published fc6 weights expect the
 (C, S, S) flattening order.
 """
-import math
-
+import numpy as np
 import tensorflow as tf
+
+from trainer.model import box_ops
 
 CANONICAL_SIZE = 224.0
 CANONICAL_LEVEL = 4
 
 
 def assign_levels(boxes, min_level=2, max_level=5):
-    """FPN level ``[N]`` int32 of each box ``[N, 4]``."""
-    wh = boxes[:, 2:] - boxes[:, :2]
-    side = tf.sqrt(tf.maximum(wh[:, 0] * wh[:, 1], 0.0))
-    level = tf.floor(CANONICAL_LEVEL + tf.math.log(side / CANONICAL_SIZE + 1e-6) / math.log(2.0))
-    return tf.cast(tf.clip_by_value(level, min_level, max_level), tf.int32)
+    """FPN level ``[N]`` int32 of each box ``[N, 4]`` (the reference's expression, so boundary boxes agree)."""
+    side = tf.sqrt(box_ops.area(boxes))
+    level = tf.cast(tf.floor(CANONICAL_LEVEL + tf.math.log(side * (1.0 / CANONICAL_SIZE) + 1e-6) * (1.0 / np.log(2))),
+                    tf.int32)
+    return tf.clip_by_value(level, min_level, max_level)
 
 
 def roi_align(feature_nhwc, boxes, stride, size):
     """RoIAlign of ``boxes [N, 4]`` (image pixels) on one map ``[1, h, w, C]`` of ``stride`` -> ``[N, S, S, C]``."""
-    boxes = boxes / float(stride)
+    boxes = boxes * (1.0 / stride)
     # replicate the border so points a half pixel outside interpolate like a clamped border
     feature = tf.pad(feature_nhwc, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
     boxes = boxes + 1.0

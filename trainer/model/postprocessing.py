@@ -3,7 +3,8 @@
 Config read (``OUTPUT.*``): ``RESULT_SCORE_THRESH`` (keep scores strictly
 above), ``FRCNN_NMS_THRESH`` (NMS within a class), ``NMS_THRESH_CLASS_AGNOSTIC``
 (NMS across classes afterwards; 1.0 disables it), ``RESULTS_PER_IM`` (at most
-this many, best first).
+this many). Candidates are enumerated class by class, as the reference does,
+so ties inside NMS resolve the same way.
 """
 import tensorflow as tf
 
@@ -11,19 +12,18 @@ import tensorflow as tf
 def detections(boxes, probs, output_cfg):
     """``boxes [N, 4]`` (shared by all classes), ``probs [N, K+1]`` -> (boxes [D, 4], scores [D], labels [D]).
 
-    Labels are int32 in 1..K.
-
-    A box may yield several detections (one per class above the threshold)
-    before NMS. Results are sorted by decreasing score.
+    Labels are int32 in 1..K. A box may yield several detections (one per
+    class above the threshold) before NMS. Results come in NMS order
+    (decreasing score).
     """
     o = output_cfg
-    fg_probs = probs[:, 1:]
-    ids = tf.where(fg_probs > float(o.RESULT_SCORE_THRESH))  # [F, 2]: (box, class - 1)
-    cand_boxes = tf.gather(boxes, ids[:, 0])
-    cand_scores = tf.gather_nd(fg_probs, ids)
-    cand_classes = ids[:, 1]
+    scores = tf.transpose(probs[:, 1:], [1, 0])  # [K, N]
+    ids = tf.where(scores > float(o.RESULT_SCORE_THRESH))  # [F, 2]: (class - 1, box), class-major
+    cand_boxes = tf.gather(boxes, ids[:, 1])
+    cand_scores = tf.gather_nd(scores, ids)
+    cand_classes = ids[:, 0]
     # shift each class into its own region of the plane: one NMS call does per-class NMS
-    offset = tf.cast(cand_classes, tf.float32) * (tf.maximum(tf.reduce_max(boxes), 0.0) + 1.0)
+    offset = tf.cast(cand_classes, tf.float32) * (tf.reduce_max(boxes) + 1.0)
     keep = tf.image.non_max_suppression(cand_boxes + offset[:, None], cand_scores, int(o.RESULTS_PER_IM),
                                         iou_threshold=float(o.FRCNN_NMS_THRESH))
     cand_boxes, cand_scores, cand_classes = [tf.gather(t, keep) for t in (cand_boxes, cand_scores, cand_classes)]

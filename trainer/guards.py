@@ -1,0 +1,258 @@
+"""What stops a training run that cannot go on, with one line and no checkpoint of the broken state.
+
+A run must not continue (or be saved) after:
+
+* a non-finite loss (a too-high learning rate, a bad box): the update that
+  follows writes NaN into the weights;
+* a failure in the input pipeline (a corrupt record, any error while reading
+  or mapping): tensorpack's feeding thread would log a traceback, close the
+  queue, and the loop would end as if training had finished normally (exit 0
+  and a checkpoint);
+* a map worker that died (killed, out of memory): its requests are never
+  answered and the step waits forever;
+* an input that yields no datapoint at all (every box NaN, outside its image
+  or of a category that is not trained): the map drops every sample and the
+  first step waits forever.
+
+Each of these records its reason in one :class:`RunFailure` shared by the
+callbacks; :class:`FailureGuard` then stops the loop at the end of the
+current step, ``trainer.callbacks.CheckpointSaver`` refuses to save, and
+``trainer.train.train_main`` raises ``TrainingFailed`` with the reason.
+"""
+import math
+import os
+import threading
+
+from tensorpack.callbacks import Callback
+from tensorpack.dataflow import ProxyDataFlow
+from tensorpack.dataflow.base import DataFlowTerminated
+from tensorpack.train.base import StopTraining
+
+
+class RunFailure:
+    """The first reason this run must stop; thread-safe (the feeding thread and the worker watch write it)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.reason = None
+        self.step = None
+
+    def record(self, reason, step=None):
+        """Keep ``reason`` (one line) unless a failure is already recorded; returns True if it was kept."""
+        with self._lock:
+            if self.reason is not None:
+                return False
+            self.reason, self.step = str(reason), step
+            return True
+
+    def __bool__(self):
+        return self.reason is not None
+
+
+def describe_input_error(exc):
+    """One line for an exception raised while reading or mapping training data."""
+    from ddcache.errors import CorruptRecordError, UserError
+
+    if isinstance(exc, (CorruptRecordError, UserError)):
+        return str(exc)
+    return f"input pipeline failed: {type(exc).__name__}: {exc}"
+
+
+class FailureReport(ProxyDataFlow):
+    """Passes ``ds`` through; an exception while iterating it is recorded in ``failure`` instead of logged.
+
+    Raises tensorpack's ``DataFlowTerminated`` in its place, which the
+    feeding thread takes as a quiet end of input (it closes the queue, so a
+    step waiting for data returns) rather than printing a traceback.
+    """
+
+    def __init__(self, ds, failure):
+        super().__init__(ds)
+        self.failure = failure
+
+    def reset_state(self):
+        try:
+            super().reset_state()  # a map's reset_state already reads the first records
+        except Exception as exc:
+            self.failure.record(describe_input_error(exc))
+            raise DataFlowTerminated() from None
+
+    def __iter__(self):
+        try:
+            yield from self.ds
+        except Exception as exc:
+            self.failure.record(describe_input_error(exc))
+            raise DataFlowTerminated() from None
+
+
+class StarvationCheck:
+    """Counts the records a source hands to the map since the map last produced a datapoint.
+
+    Between two usable records of an endless, once-per-epoch stream there are
+    fewer than two epochs' worth of records; ``limit`` (two epochs plus the
+    map's buffer) consecutive records without a datapoint therefore means
+    that none of them is usable, and waiting longer would wait forever.
+    :meth:`source` wraps the records' dataflow, :meth:`output` the map's.
+    """
+
+    def __init__(self, share, buffer_size, describe):
+        self.limit = 2 * int(share) + int(buffer_size) + 1
+        self.describe = describe  # -> the one-line reason
+        self.since_output = 0
+
+    def source(self, ds):
+        return _Counted(ds, self._taken)
+
+    def output(self, ds):
+        return _Counted(ds, self._produced)
+
+    def _taken(self):
+        self.since_output += 1
+        if self.since_output > self.limit:
+            from ddcache.errors import UserError
+
+            raise UserError(self.describe(self.since_output))
+
+    def _produced(self):
+        self.since_output = 0
+
+
+class _Counted(ProxyDataFlow):
+    def __init__(self, ds, on_item):
+        super().__init__(ds)
+        self._on_item = on_item
+
+    def __iter__(self):
+        for dp in self.ds:
+            self._on_item()
+            yield dp
+
+
+def map_worker_processes(df):
+    """The worker processes (``multiprocessing.Process``) of every tensorpack ZMQ map in the ``.ds`` chain of ``df``."""
+    procs, node = [], df
+    while node is not None:
+        procs += list(getattr(node, "_procs", None) or [])
+        node = getattr(node, "ds", None)
+    return procs
+
+
+def stop_map_workers(df):
+    """Terminate the map workers of ``df`` now (at the end of a run) and leave its ZMQ sockets alone.
+
+    tensorpack's own clean-up (at exit or garbage collection) also destroys
+    the ZMQ context, which is not safe while the feeding thread may still be
+    blocked on a socket (always so after a worker died), and prints a line.
+    Marking the map as not reset makes that clean-up a no-op.
+    """
+    node = df
+    while node is not None:
+        procs = getattr(node, "_procs", None)
+        if procs:
+            for proc in procs:
+                if proc.exitcode is None:
+                    proc.terminate()
+            for proc in procs:
+                proc.join(timeout=5)
+            node._reset_done = False
+        node = getattr(node, "ds", None)
+
+
+class FailureGuard(Callback):
+    """Checks the loss after every step and ends the run at the end of the step in which a failure was recorded.
+
+    Registered first among the run's callbacks, so no later callback of that
+    step (checkpoint, evaluation) sees the broken state. The run ends through
+    tensorpack's ``StopTraining``: quietly, without a traceback.
+    """
+
+    _chief_only = False
+
+    def __init__(self, failure, loss_name="total_cost"):
+        self.failure = failure
+        self.loss_name = loss_name
+
+    def _setup_graph(self):
+        from trainer.console import find_tensor
+
+        self._loss = find_tensor(self.loss_name)
+
+    def _before_run(self, _):
+        import tensorflow as tf
+
+        return tf.compat.v1.train.SessionRunArgs(fetches=self._loss) if self._loss is not None else None
+
+    def _after_run(self, run_context, run_values):
+        if self._loss is None:
+            return
+        value = float(run_values.results)
+        if not math.isfinite(value):
+            # tensorpack's step counter (registered before us) has already counted this step
+            self.failure.record(f"{self.loss_name} is {value} (a too-high TRAIN.BASE_LR, or a bad box)",
+                                self.global_step)
+
+    def _trigger_step(self):
+        if self.failure:
+            if self.failure.step is None:
+                self.failure.step = self.global_step
+            raise StopTraining(self.failure.reason)
+
+
+class MapWorkerWatch(Callback):
+    """Records a map worker's death and closes the input queue, so a step waiting for its data returns.
+
+    A daemon thread waits on the workers' process sentinels (no polling) from
+    the start of training to its end. ``processes`` is called in
+    ``before_train``, after the input source has started the workers.
+    ``queue_input`` is the run's ``QueueInput`` (its queue is closed, which
+    ends a blocked dequeue once the queue is empty; :class:`FailureGuard`
+    stops the run at the next step otherwise).
+    """
+
+    _chief_only = False
+
+    def __init__(self, processes, failure, queue_input):
+        self._processes = processes
+        self.failure = failure
+        self._queue_input = queue_input
+        self._stop_r = self._stop_w = None
+
+    def _setup_graph(self):
+        self._close_queue = self._queue_input.queue.close(cancel_pending_enqueues=True)
+
+    def _before_train(self):
+        procs = list(self._processes())
+        if not procs:
+            return
+        self._stop_r, self._stop_w = os.pipe()
+        sess = self.trainer.sess
+        threading.Thread(target=self._watch, args=(procs, sess), name="map-worker-watch", daemon=True).start()
+
+    def _watch(self, procs, sess):
+        from multiprocessing.connection import wait
+
+        by_sentinel = {p.sentinel: (k, p) for k, p in enumerate(procs)}
+        try:
+            ready = wait(list(by_sentinel) + [self._stop_r])
+        finally:
+            os.close(self._stop_r)
+        if self._stop_r in ready:
+            return
+        k, proc = by_sentinel[ready[0]]
+        proc.join(timeout=1)
+        code = proc.exitcode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        if self.failure.record(f"map worker {k} (pid {proc.pid}) died ({how})"):
+            try:
+                sess.run(self._close_queue)
+            except Exception:  # the session may be closing already: the loop is ending anyway
+                pass
+
+    def _after_train(self):
+        if self._stop_w is not None:
+            try:
+                os.write(self._stop_w, b"x")  # ends the watch's wait
+            except BrokenPipeError:  # the watch has returned already (a worker died)
+                pass
+            os.close(self._stop_w)
+            self._stop_w = None
