@@ -1,5 +1,5 @@
 """The tensorpack worker patch: ``MultiProcessMapDataZMQ`` whose workers never drop a reply, die with their
-parent, and whose death is an error instead of a hang.
+parent, ship arrays without copying them, and whose death is an error instead of a hang.
 
 This is the only ddcache module that imports tensorpack. tensorpack imports
 TensorFlow, and TensorFlow reads ``TF_USE_LEGACY_KERAS`` once, at its first
@@ -9,6 +9,7 @@ with tensorpack later (an explicit setting is kept).
 """
 import ctypes
 import os
+import pickle
 import signal
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -17,6 +18,36 @@ import zmq  # noqa: E402
 from tensorpack.dataflow import MultiProcessMapDataZMQ  # noqa: E402
 
 _PR_SET_PDEATHSIG = 1
+
+
+def pack(obj):
+    """``obj`` as ZMQ frames: a protocol-5 pickle, then each contiguous array's memory as its own frame.
+
+    tensorpack pickles a datapoint into one byte string (a 3 MB image is copied
+    into it while the buffer grows, and copied out again on the other side:
+    ~6 ms per datapoint measured here, more than decoding a PNG crop). Out of
+    band, the array memory is handed to ZMQ as it is (~0.1 ms).
+    """
+    buffers = []
+    head = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    return [head] + [b.raw() for b in buffers]
+
+
+def unpack(frames):
+    """Inverse of :func:`pack` for received ``zmq.Frame`` s; arrays are (writable) views of the frames' memory."""
+    return pickle.loads(frames[0].buffer, buffers=[f.buffer for f in frames[1:]])
+
+
+def _serve(worker):
+    """A map worker's loop (replaces tensorpack's ``_Worker.run``): request frames -> ``map_func`` -> reply frames."""
+    context = zmq.Context()
+    socket = context.socket(zmq.REP)
+    socket.setsockopt(zmq.IDENTITY, worker.identity)
+    socket.set_hwm(0)  # see LosslessMapDataZMQ: a REP socket at its mark drops replies
+    socket.connect(worker.pipename)
+    while True:
+        request = unpack(socket.recv_multipart(copy=False))
+        socket.send_multipart(pack(worker.map_func(request)), copy=False)
 
 
 class WorkerDiedError(RuntimeError):
@@ -46,6 +77,9 @@ class LosslessMapDataZMQ(MultiProcessMapDataZMQ):
     ``buffer_size`` on the consumer's side, so workers get no mark at all
     (0 = unlimited): no reply is ever dropped and memory stays bounded.
 
+    Messages are :func:`pack` ed: numpy arrays travel as ZMQ frames of their
+    own, not copied into and out of a pickle.
+
     Workers die with the process that starts them (``PR_SET_PDEATHSIG``, set
     before they wait for their first request): tensorpack relies on
     python-prctl for that, which is not a dependency here. A worker that dies
@@ -57,13 +91,13 @@ class LosslessMapDataZMQ(MultiProcessMapDataZMQ):
 
     def _create_worker(self, id, pipename, hwm):
         worker = super()._create_worker(id, pipename, 0)
-        parent, run = os.getpid(), worker.run
+        parent = os.getpid()
 
-        def run_dying_with_parent():
+        def run():
             die_with_parent(parent)
-            run()
+            _serve(worker)
 
-        worker.run = run_dying_with_parent  # called by Process._bootstrap in the forked worker
+        worker.run = run  # called by Process._bootstrap in the forked worker
         return worker
 
     @property
@@ -82,13 +116,13 @@ class LosslessMapDataZMQ(MultiProcessMapDataZMQ):
         # a DEALER socket blocks on send once no worker is connected: wait in steps, checking the workers
         while not self.socket.poll(timeout=1000, flags=zmq.POLLOUT):
             self._check_workers()
-        super()._send(dp)
+        self.socket.send_multipart([b""] + pack(dp), copy=False)
 
     def _recv(self):
         while True:
             self._check_workers()
             if self.socket.poll(timeout=1000):  # ms; between polls: is every worker still alive?
-                return super()._recv()
+                return unpack(self.socket.recv_multipart(copy=False)[1:])
 
     def close(self):
         """Stop and join the worker processes (idempotent; tensorpack does this at garbage collection).

@@ -406,3 +406,29 @@ def test_map_workers_die_with_a_killed_parent(cache):
     while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)  # the killed parent's workers exit asynchronously
     assert all(_gone(p) for p in pids)
+
+
+def test_messages_ship_arrays_as_frames_of_their_own():
+    """pack/unpack (what map workers and their consumer send): arrays out of band, intact and writable."""
+    import zmq
+
+    from ddcache.map_workers import pack, unpack
+
+    image = np.arange(60 * 80 * 3, dtype=np.uint8).reshape(60, 80, 3)
+    message = {"image": image, "flipped": image[:, ::-1], "boxes": np.ones((3, 4), np.float32), "key": "00000001"}
+    frames = pack(message)
+    assert len(frames) >= 3 and frames[1].nbytes == image.nbytes  # the image's memory is a frame, not pickled
+    context = zmq.Context()
+    a, b = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
+    try:
+        a.bind("inproc://pack-test")
+        b.connect("inproc://pack-test")
+        a.send_multipart(frames, copy=False)
+        got = unpack(b.recv_multipart(copy=False))
+    finally:
+        a.close(0)
+        b.close(0)
+        context.term()
+    assert got["key"] == "00000001" and np.array_equal(got["image"], image)
+    assert np.array_equal(got["flipped"], image[:, ::-1]) and np.array_equal(got["boxes"], message["boxes"])
+    got["image"][0, 0, 0] = 7  # consumers may draw on what they receive
