@@ -185,8 +185,15 @@ def run_bench(paths, workers=2, seconds=10.0, epoch=False, seed=0, config=None):
 def _pipeline_builder(config):
     """``build(paths, workers, seed) -> (stream, source)`` for decoding alone, or for ``config``'s training input.
 
-    Everything is imported here, before the clock starts (tensorpack imports TensorFlow: seconds).
+    The config is read first (a mistake in it is one line, before TensorFlow
+    prints anything), then everything is imported, before the clock starts
+    (tensorpack imports TensorFlow: seconds).
     """
+    if config is not None:
+        import trainer  # noqa: F401  (legacy Keras for tensorpack, before TensorFlow is imported)
+        from trainer.config import load_user_config
+
+        cfg = load_user_config(config)
     from .dataflows import map_records
     from .source import CacheSource
 
@@ -198,11 +205,7 @@ def _pipeline_builder(config):
             return map_records(source, [RecordDecoder()], workers=workers), source
 
         return build
-    import trainer  # noqa: F401  (legacy Keras for tensorpack, before TensorFlow is imported)
-    from trainer.config import load_user_config
     from trainer.train_data import build_train_dataflow
-
-    cfg = load_user_config(config)
 
     def build(paths, workers, seed):
         source = CacheSource(paths, seed=seed, shuffle=True)
