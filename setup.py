@@ -28,7 +28,8 @@ setup(
         "tf-keras==2.21.0",
         "tensorboard>=2.20",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    # dask: `ddcache build --dask` (distributed builds); the tests run it on a LocalCluster.
+    extras_require={"dask": ["distributed>=2024.1"], "test": ["pytest>=7", "distributed>=2024.1"]},
     entry_points={
         "console_scripts": [
             "ddcache=ddcache.cli:run",

@@ -295,8 +295,8 @@ def available_cores():
         return os.cpu_count() or 1
 
 
-def build_cache(opts, progress=True, echo=print):
-    """Build (or resume) the cache described by ``opts``; returns the manifest's counts + ``out``."""
+def check_build_options(opts):
+    """UserError (one line) unless ``opts`` names a buildable dataset, mode, encoding, shard and source; the reader."""
     reader = get_reader(opts.dataset)
     if opts.mode not in reader.modes:
         raise UserError(f"{reader.name} supports --mode {' / '.join(reader.modes)}, not {opts.mode!r}")
@@ -305,9 +305,15 @@ def build_cache(opts, progress=True, echo=print):
     shard_i, shard_n = opts.shard
     if not (shard_n >= 1 and 0 <= shard_i < shard_n):
         raise UserError(f"--shard {shard_i}/{shard_n}: expected I/N with 0 <= I < N")
+    reader.check_source(opts.source, opts.split, opts.read_options)
+    return reader
+
+
+def build_cache(opts, progress=True, echo=print):
+    """Build (or resume) the cache described by ``opts``; returns the manifest's counts + ``out``."""
+    reader = check_build_options(opts)
     if not opts.out:
         raise UserError("--out is required")
-    reader.check_source(opts.source, opts.split, opts.read_options)
     partial = Path(opts.out).with_name(Path(opts.out).name + ".partial")
     try:
         return _build(reader, opts, progress, echo)

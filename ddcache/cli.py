@@ -128,14 +128,20 @@ def sample(dataset, out, pages, seed, overwrite):
 @click.option("--max-cells", type=click.IntRange(0))
 @click.option("--shard", callback=lambda c, p, v: _shard(v), help="Build only shard I of N (I/N), e.g. 0/4.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing cache at --out.")
+@click.option("--dask", "dask_scheduler", metavar="ADDRESS|local[:K]",
+              help="Build --shards N shards as Dask tasks into the directory --out (read as one dataset): on the "
+                   "cluster of this scheduler, or on a local cluster of K workers. --source and --out must be on "
+                   "storage all workers see. Needs pip install -e .[dask].")
+@click.option("--shards", type=click.IntRange(1), help="Number of shards for --dask (re-run with the same N to resume).")
 @click.option("--commit-every", default=32, hidden=True, type=click.IntRange(1))
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def build(dataset, quiet, **kw):
+def build(dataset, quiet, dask_scheduler, shards, **kw):
     """Render each table once and write an LMDB cache (parallel, resumable, deterministic).
 
     Re-running the same command after a crash or kill continues where it
     stopped. Bad lines are skipped and counted by reason (see `ddcache info`
-    and CACHE/skipped.jsonl).
+    and CACHE/skipped.jsonl). With --dask, --out becomes a directory of
+    shard caches, one Dask task each; --workers then counts processes per shard.
     """
     from .build import BuildOptions, build_cache
     from .selection import RecordFilter
@@ -145,12 +151,24 @@ def build(dataset, quiet, **kw):
     record_filter = RecordFilter.from_options(kw)
     kw = {k: v for k, v in kw.items() if k not in record_filter.as_options()}
     opts = BuildOptions(dataset=dataset, resolution=resolution, record_filter=record_filter, **kw)
-    with bounded_interrupt(f"interrupted: the build resumes from {kw['out']}.partial when you re-run the same command"):
-        summary = build_cache(opts, progress=not quiet, echo=lambda m: click.echo(m, err=True))
+    echo = lambda m: click.echo(m, err=True)  # noqa: E731
+    if dask_scheduler is None and shards is not None:
+        raise UserError("--shards needs --dask (to build one shard of N without Dask: --shard I/N)")
+    if dask_scheduler is not None:
+        from .dask_build import build_on_dask
+
+        if shards is None:
+            raise UserError("--dask needs --shards N")
+        with bounded_interrupt(f"interrupted: the shards in {kw['out']} resume when you re-run the same command"):
+            summary = build_on_dask(opts, dask_scheduler, shards, progress=not quiet, echo=echo)
+    else:
+        with bounded_interrupt(f"interrupted: the build resumes from {kw['out']}.partial when you re-run the same command"):
+            summary = build_cache(opts, progress=not quiet, echo=echo)
     skipped = ", ".join(f"{k} {v}" for k, v in summary["skipped"].items()) or "none"
+    shard_note = f" in {len(summary['shards'])} shards (read them as one dataset: {summary['out']})" if "shards" in summary else ""
     click.echo(
         f"{summary['out']}: {summary['num_samples']} samples from {summary['num_read']} lines "
-        f"({summary['num_skipped']} skipped: {skipped}); {summary['bytes'] / 1e6:.1f} MB"
+        f"({summary['num_skipped']} skipped: {skipped}); {summary['bytes'] / 1e6:.1f} MB{shard_note}"
     )
 
 
@@ -170,10 +188,11 @@ def info(caches, as_json):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def verify(caches, quiet):
     """Decode every record and image and check every checksum. Exit 1 naming bad keys."""
+    from .shard_set import expand
     from .verify import verify_cache
 
     bad = 0
-    for path in caches:
+    for path in expand(caches):
         problems = verify_cache(path, progress=not quiet)
         for key, problem in problems[:50]:
             click.echo(f"{path}: {key}: {problem}", err=True)

@@ -17,6 +17,7 @@ import lmdb
 import msgpack
 import numpy as np
 
+from . import shard_set
 from .codec import checksum, decode_record
 from .errors import CorruptRecordError, UserError
 from .manifest import read_manifest, record_key
@@ -185,7 +186,7 @@ def check_not_truncated(env, path):
 
 
 class CacheReader:
-    """Random access to one cache or to a list of shard caches read as one dataset.
+    """Random access to one cache or to a list of shard caches (or shard-set directories) read as one dataset.
 
     Global index ``i`` runs over the caches in the order given. Nothing is
     opened until the first record is read, so a reader can be created in a
@@ -193,9 +194,7 @@ class CacheReader:
     """
 
     def __init__(self, paths):
-        if isinstance(paths, (str, os.PathLike)):
-            paths = [paths]
-        self.paths = [Path(p) for p in paths]
+        self.paths = shard_set.expand(paths)  # a shard-set directory stands for its shard caches
         self._resolved = [str(p.resolve()) for p in self.paths]
         if not self.paths:
             raise UserError("no cache given")

@@ -2,10 +2,12 @@
 from pathlib import Path
 
 from .manifest import read_manifest
+from .shard_set import expand
 
 
 def summarize(paths):
     """Merge the manifests of ``paths`` into one summary dict (counts added, categories by name)."""
+    paths = expand(paths)
     manifests = [read_manifest(p) for p in paths]
     first = manifests[0]
     skipped, boxes = {}, {}

@@ -97,11 +97,15 @@ def test_inference_matches_the_reference_layer_by_layer(case, data_format, fixtu
 @pytest.mark.parametrize("data_format", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("case", sorted(golden.CASES))
 def test_training_losses_and_gradients_match_the_reference(case, data_format, fixture, weights):
+    from trainer.train import op_determinism
+
     cfg = case_config(case)
     _, w = weights[case]
     image = fixture[f"{case}/image"]
     runner = golden.DdcacheRunner(cfg, data_format, training=True)
-    try:
+    # op determinism as ddtrain uses on CPU: without it a backward kernel on a loaded machine occasionally gave
+    # the first conv's weight gradient a 2-5% error (measured here; the forward pass and the losses never differ)
+    with op_determinism(True):
         runner.load(w)
         levels = []
         for i in range(len(cfg.FPN.ANCHOR_STRIDES)):
@@ -112,8 +116,7 @@ def test_training_losses_and_gradients_match_the_reference(case, data_format, fi
             fh, fw = runner.model.feature_shape(image.shape[0], image.shape[1], i)
             levels.append((square[:fh, :fw], boxes[:fh, :fw]))
         got = runner.train(image, fixture[f"{case}/gt_boxes"], fixture[f"{case}/gt_labels"], levels)
-    finally:
-        runner.close()
+    runner.close()
     names = [k[len(f"{case}/loss/"):] for k in fixture if k.startswith(f"{case}/loss/")]
     assert len(names) == 10
     for name in names:

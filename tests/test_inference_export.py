@@ -4,8 +4,8 @@ import pytest
 import tensorflow as tf
 
 from ddcache.errors import UserError
-from trainer.inference_export import (export_inference_weights, is_training_only, read_weights,
-                                      resolve_weights)
+from trainer.inference_export import export_inference_weights
+from trainer.weights import is_training_only, read_weights, resolve_weights
 
 tf1 = tf.compat.v1
 

@@ -144,7 +144,7 @@ def test_predict_cli_writes_png_and_json(tiny_checkpoint, tmp_path):
 
 def test_weights_of_another_config_are_refused(tiny_checkpoint, tmp_path):
     """Strict loading: a missing model variable is an error, not a silently random layer."""
-    from trainer.inference_export import read_weights
+    from trainer.weights import read_weights
     from trainer.predictor import Predictor
 
     weights = read_weights(tiny_checkpoint)

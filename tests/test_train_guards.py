@@ -141,7 +141,7 @@ def test_resume_with_other_shapes_names_the_variable_and_writes_nothing(caches, 
 
 
 def test_first_shape_mismatch_order():
-    from trainer.inference_export import is_training_only
+    from trainer.weights import is_training_only
     from trainer.preflight import first_shape_mismatch
 
     model = {"a/W": (3, 3), "b/W": (2,), "c/W": (1,)}

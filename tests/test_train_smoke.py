@@ -249,3 +249,21 @@ def test_a_forked_childs_ctrl_c_does_not_count_as_the_second_one():
     assert r.returncode == 0 and r.stdout.strip() == "survived", r.stderr[-2000:]
     assert [x for x in r.stderr.splitlines() if x.startswith("ddtrain")] == [
         "ddtrain: Ctrl-C: stopping after the current step and saving a checkpoint (Ctrl-C again to leave at once)"]
+
+
+def test_ctrl_c_inside_the_training_loop_is_a_flag_not_an_exception():
+    """An exception raised by the SIGINT handler could land inside TensorFlow's C++ (SIGABRT seen in CI): inside
+    the loop the handler only sets the flag StopOnCtrlC reads; outside it raises as usual."""
+    from trainer import ctrl_c
+
+    ctrl_c.REQUESTED.clear()
+    ctrl_c.LOOP_RUNNING.set()
+    try:
+        ctrl_c.on_sigint(2, None)
+        assert ctrl_c.REQUESTED.is_set()
+    finally:
+        ctrl_c.LOOP_RUNNING.clear()
+        ctrl_c.REQUESTED.clear()
+    with pytest.raises(KeyboardInterrupt):
+        ctrl_c.on_sigint(2, None)
+    assert not ctrl_c.REQUESTED.is_set()

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from trainer.weights import FineTuneInit, load_weights, match_weights
+from trainer.fine_tune import FineTuneInit, load_weights
+from trainer.weights import match_weights
 
 # A slice of the published tensorpack Cascade R-CNN names (FACTS.md §4), small shapes.
 PUBLISHED = {

@@ -26,7 +26,7 @@ from tensorpack.callbacks.param import GraphVarParam, HyperParamSetter
 from tensorpack.train.base import TrainLoop
 from tensorpack.utils import logger
 
-from trainer import lr_schedule
+from trainer import ctrl_c, lr_schedule
 
 EVAL_PREFIX = "eval/"
 
@@ -86,9 +86,30 @@ class StopAtStep(Callback):
             logger.info(f"global step {self.global_step} >= {self.last_step}: nothing to train")
 
 
+class StopOnCtrlC(Callback):
+    """Ends training after the step in which Ctrl-C came, through the session hook's ``request_stop``.
+
+    While the loop runs, ddtrain's SIGINT handler only sets
+    ``trainer.ctrl_c.REQUESTED`` (see that module for why); the loop then
+    returns normally and every ``after_train`` runs (the checkpoint is saved).
+    """
+
+    _chief_only = False
+
+    def _before_train(self):
+        ctrl_c.LOOP_RUNNING.set()
+
+    def _after_run(self, run_context, run_values):
+        if ctrl_c.REQUESTED.is_set():
+            run_context.request_stop()
+
+    def _after_train(self):
+        ctrl_c.LOOP_RUNNING.clear()
+
+
 def interrupted():
-    """True while a KeyboardInterrupt propagates (``after_train`` runs in the trainer's ``finally``)."""
-    return isinstance(sys.exc_info()[1], KeyboardInterrupt)
+    """True after Ctrl-C stopped the loop, or while a KeyboardInterrupt propagates."""
+    return ctrl_c.REQUESTED.is_set() or isinstance(sys.exc_info()[1], KeyboardInterrupt)
 
 
 def failing():

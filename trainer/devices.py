@@ -143,6 +143,9 @@ def make_trainer(choice):
         # sum, not average, the towers' gradients: the optimizer divides by TRAIN.REFERENCE_BATCH (the reference)
         return SyncMultiGPUTrainerReplicated(list(range(choice.num_gpus)), average=False)
     if choice.kind == HOROVOD:
+        from trainer.horovod_compat import patch_horovod_trainer
+
+        patch_horovod_trainer()  # tensorpack 0.11 calls the TF1 name tf.global_variables
         try:
             return HorovodTrainer(average=False)
         except ImportError as exc:

@@ -242,7 +242,7 @@ def evaluate_checkpoints(config, caches, weights, max_datapoints=None, out_dir=N
     """
     from ddcache.store import CacheReader
     from trainer.coco_eval import CocoEvaluator
-    from trainer.inference_export import resolve_weights
+    from trainer.weights import resolve_weights
     from trainer.config import load_user_config
     from trainer.predictor import Predictor
 

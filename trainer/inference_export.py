@@ -5,7 +5,7 @@ A training checkpoint also carries the optimizer's state (``*/Momentum``,
 tensorpack's moving-average summaries (``EMA/...``): about twice the size of
 the model and useless for inference. ``ddtrain export`` drops them; eval and
 predict accept the result and tensorpack checkpoints alike, because both go
-through :func:`read_weights`.
+through ``trainer.weights.read_weights`` (all weight-file I/O is there).
 
 Variable names are kept exactly (``conv0/W``, ``group0/block0/conv1/gn/gamma``,
 ..., FACTS.md §4), so an exported file is also a valid starting point for
@@ -19,78 +19,7 @@ import numpy as np
 
 import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from ddcache.errors import UserError
-
-# Suffixes / prefixes of variables that only training needs (optimizer slots of
-# the optimizers tensorpack offers, gradient accumulation, the schedule, summaries).
-_TRAINING_SUFFIXES = ("/Momentum", "/AccumGrad", "/Adam", "/Adam_1", "/RMSProp", "/RMSProp_1", "/Adagrad",
-                      "/Adadelta", "/Adadelta_1")
-_TRAINING_NAMES = ("global_step", "learning_rate")
-_TRAINING_PREFIXES = ("EMA/", "AccumGrad/", "apply_gradients")
-
-
-def is_training_only(name):
-    """True for a variable name that inference never reads (optimizer slot, step counter, LR, summary EMA)."""
-    name = name[:-2] if name.endswith(":0") else name
-    return (
-        name in _TRAINING_NAMES
-        or name.endswith(_TRAINING_SUFFIXES)
-        or name.startswith(_TRAINING_PREFIXES)
-        or "/EMA/" in name
-    )
-
-
-def resolve_weights(path):
-    """The loadable form of a weights argument, or UserError (one line) if there is nothing to load.
-
-    Accepted: an ``.npz`` file; a tensorpack/TF checkpoint prefix
-    (``runs/x/model-5000``, the ``.index`` / ``.data-*`` file of one works too);
-    a directory with a ``checkpoint`` file (its latest checkpoint). Returns the
-    ``.npz`` path or the checkpoint prefix as a string.
-    """
-    p = Path(path)
-    if p.suffix == ".npz":
-        if not p.is_file():
-            raise UserError(f"{path}: no such weights file")
-        return str(p)
-    if p.is_dir():
-        import tensorflow as tf
-
-        latest = tf.train.latest_checkpoint(str(p))
-        if latest is None:
-            raise UserError(f"{path}: directory holds no checkpoint (no 'checkpoint' file)")
-        return latest
-    text = str(p)
-    if ".data-" in p.name:
-        text = text[: text.rindex(".data-")]
-    elif p.suffix == ".index":
-        text = text[: -len(".index")]
-    if os.path.isfile(text + ".index"):
-        return text
-    raise UserError(f"{path}: no such weights file (expected an .npz or a checkpoint prefix with {Path(text).name}.index)")
-
-
-def read_weights(path):
-    """All variables stored in a weights file: ``{name: np.ndarray}`` (names without ``:0``).
-
-    ``path`` as accepted by :func:`resolve_weights`. Nothing is filtered here;
-    see :func:`inference_weights`.
-    """
-    resolved = resolve_weights(path)
-    if resolved.endswith(".npz"):
-        try:
-            with np.load(resolved, allow_pickle=False) as data:
-                return {(k[:-2] if k.endswith(":0") else k): data[k] for k in data.files}
-        except (OSError, ValueError) as exc:
-            raise UserError(f"{path}: unreadable .npz ({exc})") from None
-    import tensorflow as tf
-
-    try:
-        reader = tf.train.load_checkpoint(resolved)
-        names = reader.get_variable_to_shape_map()
-        return {name: reader.get_tensor(name) for name in sorted(names)}
-    except (tf.errors.OpError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable checkpoint ({str(exc).splitlines()[0]})") from None
-
+from trainer.weights import check_weights_match, is_training_only, read_weights
 
 def inference_weights(weights, model_variables=None, source=None):
     """The subset of ``weights`` that inference needs.
@@ -105,35 +34,6 @@ def inference_weights(weights, model_variables=None, source=None):
         return {k: v for k, v in weights.items() if not is_training_only(k)}
     check_weights_match(weights, model_variables, source)
     return {name: weights[name] for name in model_variables}
-
-
-def check_weights_match(weights, model_variables, source=None):
-    """UserError naming the first problems if ``weights`` cannot fill every variable of ``model_variables``.
-
-    A partial load would leave random layers in the model and produce
-    confident garbage; for evaluation and inference that must be an error,
-    not a warning (fine-tuning's tolerant loading is a different use).
-    """
-    legacy = sorted(n for n in weights if n.startswith("fpn/") and n.endswith("/b") and n not in model_variables)
-    if legacy:
-        prefix = f"{source}: " if source else ""
-        raise UserError(prefix + f"has FPN convolution biases ({legacy[0]}, ... {len(legacy)} in all): written by "
-                        "ddcache 0.1, whose FPN was not the published model's; fine-tune again from the published "
-                        "weights (they load as they are)")
-    missing = [n for n in model_variables if n not in weights]
-    mismatched = [
-        f"{n} {tuple(weights[n].shape)} vs model {tuple(s)}"
-        for n, s in model_variables.items()
-        if n in weights and tuple(weights[n].shape) != tuple(s)
-    ]
-    if missing or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} model variables missing (e.g. {', '.join(missing[:3])})")
-        if mismatched:
-            parts.append(f"{len(mismatched)} with another shape (e.g. {'; '.join(mismatched[:2])})")
-        prefix = f"{source}: " if source else ""
-        raise UserError(prefix + "weights do not fit the model of this config: " + ", ".join(parts))
 
 
 def model_variable_shapes(cfg):

@@ -68,7 +68,7 @@ def _strict_session_init(weights, source):
     from tensorpack.tfutils.sessinit import SessionInit
     from tensorpack.tfutils.varmanip import SessionUpdate
 
-    from trainer.inference_export import check_weights_match
+    from trainer.weights import check_weights_match
 
     class _StrictRestore(SessionInit):
         def _run_init(self, sess):
@@ -95,7 +95,7 @@ class Predictor:
     def __init__(self, config, weights, overrides=()):
         from tensorpack.predict import OfflinePredictor, PredictConfig
 
-        from trainer.inference_export import read_weights
+        from trainer.weights import read_weights
         from trainer.model.detector import CascadeRCNN, default_data_format
 
         self.cfg = load_user_config(config, overrides)
@@ -203,7 +203,7 @@ def predict(config_path, weights, images, out, score_thresh, overrides):
     JSON: {"image", "width", "height", "score_thresh", "boxes": [[x0,y0,x1,y1] px of the
     original image], "scores", "labels": [category names]}.
     """
-    from trainer.inference_export import resolve_weights
+    from trainer.weights import resolve_weights
 
     missing = [p for p in images if not Path(p).is_file()]
     if missing:

@@ -150,7 +150,8 @@ def check_resume(checkpoint, cfg):
     """UserError (one line naming the first mismatching variable) unless ``checkpoint`` fits ``cfg``'s model."""
     import tensorflow as tf
 
-    from trainer.inference_export import is_training_only, model_variable_shapes
+    from trainer.inference_export import model_variable_shapes
+    from trainer.weights import is_training_only
 
     shapes = tf.train.load_checkpoint(str(checkpoint)).get_variable_to_shape_map()
     why = first_shape_mismatch(shapes, model_variable_shapes(cfg), is_training_only)

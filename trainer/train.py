@@ -53,6 +53,7 @@ import numpy as np
 import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from ddcache.errors import UserError
 from ddcache.outputs import check_output
+from trainer import ctrl_c
 from trainer.config import load_user_config
 
 CONFIG_NAME = "config.yaml"
@@ -66,16 +67,20 @@ def watch_interrupts(code=130, prog="ddtrain"):
 
     Python acts on SIGINT only when the main thread runs Python code; a
     training step blocked inside TensorFlow (e.g. waiting for data) defers
-    the KeyboardInterrupt, and the checkpoint with it, until the step
-    returns. The signal is also written to a wakeup pipe that a daemon
-    thread watches, so the user is told at once, and a second Ctrl-C leaves
-    at once (no new checkpoint; the latest one stays usable). Main thread
-    only; armed by the ``ddtrain`` entry point.
+    it, and the checkpoint with it, until the step returns. Inside the
+    training loop the handler only sets a flag that ``StopOnCtrlC`` reads
+    after the step (an exception raised there could land inside
+    TensorFlow's C++ code and abort the process); elsewhere it raises
+    KeyboardInterrupt as usual. The signal is also written to a wakeup pipe
+    that a daemon thread watches, so the user is told at once, and a second
+    Ctrl-C leaves at once (no new checkpoint; the latest one stays usable).
+    Main thread only; armed by the ``ddtrain`` entry point.
     """
     import signal
 
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
+    signal.signal(signal.SIGINT, ctrl_c.on_sigint)
     signal.set_wakeup_fd(write_fd)
     # Forked map workers inherit the pipe: their SIGINTs (a terminal's Ctrl-C reaches the whole
     # process group) must not count as this process's second Ctrl-C.
@@ -213,6 +218,7 @@ def build_dataflow(cfg, train_paths, choice, workers, seed, failure, start_step=
 
     from ddcache.source import CacheSource
     from trainer.guards import FailureReport, StarvationCheck
+    from trainer.sample_log import record_reads
     from trainer.train_data import build_train_dataflow
 
     source = CacheSource(train_paths, rank=choice.rank, world=choice.world, seed=seed, shuffle=True)
@@ -222,6 +228,7 @@ def build_dataflow(cfg, train_paths, choice, workers, seed, failure, start_step=
                         f"{', '.join(map(str, train_paths))}")
     images_per_step = max(1, choice.num_gpus) if choice.kind == "replicated" else 1
     source.set_epoch(int(start_step) * images_per_step // share)
+    source = record_reads(source, choice.rank)  # DDTRAIN_SAMPLE_LOG: which samples this rank read
 
     def starved(records):
         return (f"no usable training sample in {records} records in a row ({share} per epoch): every box is NaN, "
@@ -303,7 +310,7 @@ def plan_run(config, train, val, logdir, weights=None, overrides=(), steps=None,
         warn(message)
     resume = latest_checkpoint(logdir) if logdir.is_dir() else None
     if weights is not None and not resume:
-        from trainer.inference_export import resolve_weights
+        from trainer.weights import resolve_weights
 
         resolve_weights(weights)  # a wrong path is a one-line error before TensorFlow is even imported
     start_step = checkpoint_step(resume) if resume else 0
@@ -409,7 +416,7 @@ def _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_ev
         echo(f"resuming from {resume} (global step {start_step})")
         session_init = SaverRestore(resume)
     elif plan.weights is not None:
-        from trainer.weights import FineTuneInit
+        from trainer.fine_tune import FineTuneInit
 
         session_init = FineTuneInit(plan.weights, strip_training=True, echo=echo)
 
@@ -435,6 +442,7 @@ def _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_ev
         ThroughputTracker(samples_per_step=images_per_step),  # one image per device and step
         HostMemoryTracker(),  # free RAM per epoch: flat, since the data is streamed, not loaded
         cbs.StopAtStep(last_step),
+        cbs.StopOnCtrlC(),
     ]
     if choice.num_gpus:
         callbacks += [PeakMemoryTracker(list(range(choice.num_gpus))), GPUUtilizationTracker()]
@@ -448,6 +456,7 @@ def _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_ev
     echo(f"training {choice.describe()} from global step {start_step} to {last_step} "
          f"({spe} steps per epoch, seed {plan.seed}, {plan.workers} map worker(s))")
     # a fresh graph per call: train_main can run twice in one process
+    ctrl_c.REQUESTED.clear()
     with op_determinism(choice.num_gpus == 0), tf.Graph().as_default():
         tf.compat.v1.set_random_seed(plan.seed)
         train_config = TrainConfig(
@@ -463,6 +472,8 @@ def _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_ev
         )
         try:
             launch_train_with_config(train_config, tp_trainer)
+            if ctrl_c.REQUESTED.is_set():
+                raise KeyboardInterrupt
         except KeyboardInterrupt:
             step = saver.last_saved_step if saver.last_saved_step is not None else tp_trainer.loop.global_step
             raise TrainingInterrupted(step, saver.last_path) from None
@@ -476,6 +487,9 @@ def _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_ev
         step = failure.step if failure.step is not None else tp_trainer.loop.global_step
         raise TrainingFailed(step, failure.reason, latest_checkpoint(logdir))
     final_step = tp_trainer.loop.global_step
+    if not choice.is_chief:  # its saver never runs; rank 0's last save may still be in progress
+        echo(f"done at global step {final_step}; rank {choice.rank} writes no checkpoints (rank 0 does)")
+        return {"global_step": final_step, "checkpoint": None, "logdir": str(logdir), "eval": []}
     checkpoint = saver.last_path or latest_checkpoint(logdir)
     echo(f"done at global step {final_step}; checkpoint {checkpoint}")
     return {"global_step": final_step, "checkpoint": checkpoint, "logdir": str(logdir), "eval": evaluation.history}

@@ -1,4 +1,12 @@
-"""Tolerant weight loading for fine-tuning: match by variable name, skip what does not fit, say what happened.
+"""Weight files: find and read them, check them strictly against a model, load them tolerantly for fine-tuning.
+
+Reading (:func:`resolve_weights`, :func:`read_weights`) accepts ``.npz``
+files, tensorpack checkpoint prefixes and directories; :func:`check_weights_match`
+is the strict check of evaluation, prediction and export (every model variable,
+same shapes); :func:`match_weights` decides the tolerant loading of fine-tuning
+(``trainer.fine_tune`` applies it to a session): match by variable name, skip
+what does not fit, say what happened. No TensorFlow import at module level:
+reading ``.npz`` files and a command's ``--help`` stay fast.
 
 Starting points are published tensorpack checkpoints, our own checkpoints or
 ``ddtrain export`` ``.npz`` files. All of them use the same variable names
@@ -17,13 +25,115 @@ step counter would start the LR schedule at the old step and stale momentum
 would kick the first updates. ``strip_training=True`` drops them before
 matching.
 """
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from tensorpack.tfutils.sessinit import SessionInit  # noqa: E402
-from trainer.inference_export import is_training_only, read_weights, resolve_weights
+from ddcache.errors import UserError
+
+# Suffixes / prefixes of variables that only training needs (optimizer slots of
+# the optimizers tensorpack offers, gradient accumulation, the schedule, summaries).
+_TRAINING_SUFFIXES = ("/Momentum", "/AccumGrad", "/Adam", "/Adam_1", "/RMSProp", "/RMSProp_1", "/Adagrad",
+                      "/Adadelta", "/Adadelta_1")
+_TRAINING_NAMES = ("global_step", "learning_rate")
+_TRAINING_PREFIXES = ("EMA/", "AccumGrad/", "apply_gradients")
+
+
+def is_training_only(name):
+    """True for a variable name that inference never reads (optimizer slot, step counter, LR, summary EMA)."""
+    name = name[:-2] if name.endswith(":0") else name
+    return (
+        name in _TRAINING_NAMES
+        or name.endswith(_TRAINING_SUFFIXES)
+        or name.startswith(_TRAINING_PREFIXES)
+        or "/EMA/" in name
+    )
+
+
+def resolve_weights(path):
+    """The loadable form of a weights argument, or UserError (one line) if there is nothing to load.
+
+    Accepted: an ``.npz`` file; a tensorpack/TF checkpoint prefix
+    (``runs/x/model-5000``, the ``.index`` / ``.data-*`` file of one works too);
+    a directory with a ``checkpoint`` file (its latest checkpoint). Returns the
+    ``.npz`` path or the checkpoint prefix as a string.
+    """
+    p = Path(path)
+    if p.suffix == ".npz":
+        if not p.is_file():
+            raise UserError(f"{path}: no such weights file")
+        return str(p)
+    if p.is_dir():
+        import tensorflow as tf
+
+        latest = tf.train.latest_checkpoint(str(p))
+        if latest is None:
+            raise UserError(f"{path}: directory holds no checkpoint (no 'checkpoint' file)")
+        return latest
+    text = str(p)
+    if ".data-" in p.name:
+        text = text[: text.rindex(".data-")]
+    elif p.suffix == ".index":
+        text = text[: -len(".index")]
+    if os.path.isfile(text + ".index"):
+        return text
+    raise UserError(f"{path}: no such weights file (expected an .npz or a checkpoint prefix with {Path(text).name}.index)")
+
+
+def read_weights(path):
+    """All variables stored in a weights file: ``{name: np.ndarray}`` (names without ``:0``).
+
+    ``path`` as accepted by :func:`resolve_weights`. Nothing is filtered here;
+    see :func:`inference_weights`.
+    """
+    resolved = resolve_weights(path)
+    if resolved.endswith(".npz"):
+        try:
+            with np.load(resolved, allow_pickle=False) as data:
+                return {(k[:-2] if k.endswith(":0") else k): data[k] for k in data.files}
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{path}: unreadable .npz ({exc})") from None
+    import tensorflow as tf
+
+    try:
+        reader = tf.train.load_checkpoint(resolved)
+        names = reader.get_variable_to_shape_map()
+        return {name: reader.get_tensor(name) for name in sorted(names)}
+    except (tf.errors.OpError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable checkpoint ({str(exc).splitlines()[0]})") from None
+
+
+def check_weights_match(weights, model_variables, source=None):
+    """UserError naming the first problems if ``weights`` cannot fill every variable of ``model_variables``.
+
+    A partial load would leave random layers in the model and produce
+    confident garbage; for evaluation and inference that must be an error,
+    not a warning (fine-tuning's tolerant loading is a different use).
+    """
+    legacy = sorted(n for n in weights if n.startswith("fpn/") and n.endswith("/b") and n not in model_variables)
+    if legacy:
+        prefix = f"{source}: " if source else ""
+        raise UserError(prefix + f"has FPN convolution biases ({legacy[0]}, ... {len(legacy)} in all): written by "
+                        "ddcache 0.1, whose FPN was not the published model's; fine-tune again from the published "
+                        "weights (they load as they are)")
+    missing = [n for n in model_variables if n not in weights]
+    mismatched = [
+        f"{n} {tuple(weights[n].shape)} vs model {tuple(s)}"
+        for n, s in model_variables.items()
+        if n in weights and tuple(weights[n].shape) != tuple(s)
+    ]
+    if missing or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} model variables missing (e.g. {', '.join(missing[:3])})")
+        if mismatched:
+            parts.append(f"{len(mismatched)} with another shape (e.g. {'; '.join(mismatched[:2])})")
+        prefix = f"{source}: " if source else ""
+        raise UserError(prefix + "weights do not fit the model of this config: " + ", ".join(parts))
+
+
 
 
 @dataclass
@@ -107,68 +217,3 @@ def match_weights(values, graph_variables, strip_training=True):
     report.missing.sort()
     report.stripped.sort()
     return assignments, report
-
-
-def graph_variable_shapes(graph=None):
-    """``{name: shape}`` of the global variables of ``graph`` (default graph if None)."""
-    import tensorflow as tf
-
-    graph = graph or tf.compat.v1.get_default_graph()
-    with graph.as_default():
-        return {v.op.name: tuple(v.shape.as_list()) for v in tf.compat.v1.global_variables()}
-
-
-def assign_to_session(sess, assignments):
-    """Write ``{name: array}`` into the session's variables in one ``run``.
-
-    Feeds each variable's initializer input instead of creating assign ops,
-    so it works on a finalized graph (tensorpack finalizes before training).
-    """
-    import tensorflow as tf
-
-    by_name = {v.op.name: v for v in tf.compat.v1.global_variables()}
-    ops, feed = [], {}
-    for name, value in assignments.items():
-        var = by_name[name]
-        init = var.initializer
-        ops.append(init)
-        feed[init.inputs[1]] = np.asarray(value).astype(var.dtype.base_dtype.as_numpy_dtype, copy=False)
-    if ops:
-        sess.run(ops, feed_dict=feed)
-
-
-class FineTuneInit(SessionInit):
-    """tensorpack ``SessionInit`` that loads a weights file tolerantly (module docstring).
-
-    Args:
-      path: ``.npz``, checkpoint prefix (``model-5000``, its ``.index``) or a
-        directory with a ``checkpoint`` file.
-      strip_training: drop ``global_step``, ``learning_rate``, optimizer slots
-        before matching.
-      echo: callable for the report lines (default: tensorpack's logger).
-    After the session is initialised, :attr:`report` holds the :class:`LoadReport`.
-    """
-
-    def __init__(self, path, strip_training=True, echo=None):
-        self.path = resolve_weights(path)
-        self.strip_training = strip_training
-        self.echo = echo
-        self.report = None
-
-    def _run_init(self, sess):
-        from tensorpack.utils import logger
-
-        self.report = load_weights(sess, self.path, self.strip_training)
-        echo = self.echo or logger.info
-        echo(f"weights {self.path}: " + "\n".join(self.report.lines()))
-        for name, (have, want) in sorted(self.report.skipped.items()):
-            logger.warn(f"not loaded (shape {tuple(have)} in file, {tuple(want)} in model): {name}")
-
-
-def load_weights(sess, path, strip_training=True):
-    """Load ``path`` into ``sess``'s graph now; returns the :class:`LoadReport` (for scripts and tests)."""
-    values = read_weights(path)
-    assignments, report = match_weights(values, graph_variable_shapes(sess.graph), strip_training)
-    with sess.graph.as_default():
-        assign_to_session(sess, assignments)
-    return report

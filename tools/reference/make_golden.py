@@ -21,7 +21,10 @@ build) the reference graph is filled with ``seeded_weights`` and run on
 The variable inventory (names, shapes) and a fingerprint of the weights are
 stored too, so the test can tell a changed model from changed weights. The
 test needs only ddcache; this script is the only thing that needs the
-reference.
+reference. It also writes ``tests/data/reference_inventory.json``: the
+reference's variables (name, shape, trainable) for the full ``configs/cell.yaml``
+and ``configs/item.yaml`` models -- the inventory of the published
+checkpoints, which ddcache's graphs must equal.
 """
 import argparse
 import logging
@@ -101,6 +104,21 @@ def make_case(ref, name, out, seed):
           f"{len(out[f'{name}/full/output/boxes'])} detections, total_cost {float(got['losses']['total_cost']):.4f}")
 
 
+def inventory(ref, config):
+    """{name: [shape, trainable]} of the reference's training graph for a ddcache config file."""
+    import tensorflow as tf
+
+    from trainer.config import load_config
+
+    rcfg = reference_config(ref, load_config(os.path.join(ROOT, config)))
+    runner = ReferenceRunner(ref, rcfg, training=True)
+    with runner.graph.as_default():
+        trainable = {v.op.name for v in tf.compat.v1.trainable_variables()}
+    out = {n: [list(s), n in trainable] for n, s in sorted(runner.shapes().items())}
+    runner.close()
+    return out
+
+
 def main(argv=None):
     from tensorpack.utils import logger
 
@@ -116,6 +134,12 @@ def main(argv=None):
         make_case(ref, name, out, args.seed)
     np.savez_compressed(args.out, **out)
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 2**20:.2f} MiB)")
+    import json
+
+    path = os.path.join(os.path.dirname(args.out), "reference_inventory.json")
+    with open(path, "w") as f:
+        json.dump({c: inventory(ref, c) for c in ("configs/cell.yaml", "configs/item.yaml")}, f, indent=0)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
