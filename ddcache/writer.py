@@ -120,6 +120,13 @@ class CacheWriter:
                 return writer
         lmdb_writer = LmdbWriter(partial, map_size=map_size)
         saved = lmdb_writer.get_meta(_HEADER)
+        if saved is None and lmdb_writer.env.stat()["entries"]:  # written by an older ddcache: not resumable here
+            lmdb_writer.close()
+            if not overwrite:
+                raise UserError(f"{partial} is an unfinished build of another ddcache version; "
+                                "delete it (or use --overwrite) and re-run")
+            shutil.rmtree(partial)
+            lmdb_writer = LmdbWriter(partial, map_size=map_size)
         if saved is not None and not _same_or_discarded(partial, saved, wanted, overwrite, lmdb_writer):
             lmdb_writer = LmdbWriter(partial, map_size=map_size)
             saved = None

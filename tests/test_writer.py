@@ -133,3 +133,18 @@ def test_a_finished_data_mdb_covers_every_page_lmdb_allocated(tmp_path):
         env.close()
     assert (tmp_path / "c" / "data.mdb").stat().st_size >= needed
     assert CacheReader(tmp_path / "c").get_raw(68) == records[68]  # not refused as truncated
+
+
+def test_a_partial_build_of_another_version_is_refused_or_discarded(tmp_path):
+    from ddcache.store import LmdbWriter
+
+    old = LmdbWriter(tmp_path / "c.partial")  # the bookkeeping of an older ddcache: no __header
+    old.commit([("00000000", b"x")], {"options": {"encoding": "png"}, "progress": {"tasks": 1}})
+    old.close()
+    with pytest.raises(UserError, match="unfinished build of another ddcache version"):
+        CacheWriter.open(tmp_path / "c", HEADER)
+    with CacheWriter.open(tmp_path / "c", HEADER, overwrite=True) as w:
+        assert not w.resumed and w.num_records == 0
+        w.append(_records(1)[0], (2, 3, 6))
+        w.finish()
+    assert lmdb_keys(tmp_path / "c") == ["00000000"] and read_manifest(tmp_path / "c")["counts"]["num_samples"] == 1
