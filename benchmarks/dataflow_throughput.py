@@ -9,16 +9,22 @@ One run, the same tables everywhere (a synthetic FinTabNet sample, train split):
       first (what the seed trainer does), then iterate the list;
   (b) on the fly: render + crop each table when it is asked for
       (``ddcache.build.render_samples``), no cache;
-  (c) streaming the cache (``ddcache bench``'s pipeline: readers that read,
-      check and decode in worker processes) with 1, 2 and N workers, for each
-      encoding (png / jpeg / raw), one exact epoch each.
+  (c) streaming the cache (``ddcache bench``: the one read path of
+      ``ddcache.dataflows`` -- read and check here, decode in 1, 2 and N map
+      worker processes), for each encoding (png / jpeg / raw), one exact
+      epoch each;
+  (d) the full training input of configs/cell.yaml as ``ddtrain train``
+      feeds the model (``ddcache bench --config``: decode, random resize,
+      flip and RPN anchor targets in 1, 2 and N map workers), for
+      ``--seconds``.
 
 Also: peak RSS when streaming a small vs a large cache (records of the png
-cache replicated by writing them directly, with their checksums and index,
-into caches of ``--small`` and ``--large`` samples -- the same bytes a build
-of that many tables would hold per record), and the cost of streaming
-read + check + decode relative to decoding the same encoded records from a
-list in memory (one process).
+cache replicated through the cache writer into caches of ``--small`` and
+``--large`` samples -- the same bytes a build of that many tables would
+hold per record), and, in one process with 5 interleaved pairs of passes
+each, the cost of streaming read + check + decode relative to decoding the
+same encoded records from a list in memory, and of the full training input
+relative to read + decode.
 
 Every measurement runs in its own child process, so RSS is not shared
 between them. RSS is summed over a process tree: forked workers count the
@@ -95,54 +101,68 @@ def child_onthefly(source):
             "peak_rss_mb": rss.peak_mb, "peak_anon_mb": rss.peak_anon_mb, "start_rss_mb": rss.start_mb}
 
 
-def child_stream(cache, workers, seconds):
-    """(c): ``ddcache bench`` on ``cache``: one exact epoch, or ``seconds`` of streaming if given."""
+def child_stream(cache, workers, seconds, config=None):
+    """(c), (d): ``ddcache bench`` on ``cache``: one exact epoch, or ``seconds`` of streaming if given;
+    with ``config``, that config's full training input."""
     from ddcache.bench import run_bench
 
-    return run_bench(cache, workers=workers, seconds=seconds, epoch=seconds is None, seed=0)
+    return run_bench(cache, workers=workers, seconds=seconds, epoch=seconds is None, seed=0, config=config)
 
 
-def child_decode_ratio(cache):
-    """Seconds to read+check+decode one epoch from the cache vs to decode the same records held in memory."""
+def child_decode_ratio(cache, rounds=5):
+    """Seconds to read+check+decode one epoch from the cache vs to decode the same records held in memory.
+
+    ``rounds`` interleaved pairs of passes (so both sides of each ratio see the
+    same machine load); the median ratio is reported with its range.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
+
     from ddcache.codec import decode_record
-    from ddcache.dataflow import CacheDataFlow
+    from ddcache.dataflows import map_records
+    from ddcache.decoding import RecordDecoder
+    from ddcache.source import CacheSource
     from ddcache.store import CacheReader
 
     reader = CacheReader(cache)
     records = [(f"{i:08d}", reader.get_raw(i)) for i in range(len(reader))]
-    t0 = time.perf_counter()
-    for key, raw in records:
-        decode_record(key, raw)
-    memory_s = time.perf_counter() - t0
-    df = CacheDataFlow(cache, shuffle=True, seed=0)
+    df = map_records(CacheSource(cache, shuffle=True, seed=0), [RecordDecoder()])
     df.reset_state()
-    t0 = time.perf_counter()
-    n = sum(1 for _ in df)
-    stream_s = time.perf_counter() - t0
-    return {"samples": n, "decode_from_memory_s": memory_s, "stream_read_decode_s": stream_s,
-            "ratio": stream_s / memory_s}
+    memory, stream = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for key, raw in records:
+            decode_record(key, raw)
+        memory.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        n = sum(1 for _ in df)
+        stream.append(time.perf_counter() - t0)
+    ratios = [s_ / m for s_, m in zip(stream, memory)]
+    return {"samples": n, "rounds": rounds, "decode_from_memory_s": float(np.median(memory)),
+            "stream_read_decode_s": float(np.median(stream)), "ratio": float(np.median(ratios)),
+            "ratio_per_round": ratios}
 
 
-def child_training(cache, config, workers, rounds=5):
+def child_training(cache, config, rounds=5):
     """Full training input (resize + flip + RPN anchor targets, `config`) vs read + decode alone, same samples.
 
-    Single process first (per-sample cost, the fair ratio): ``rounds`` pairs
-    of passes, read + decode then read + decode + map, so that both sides of
+    One process (per-sample cost, the fair ratio): ``rounds`` pairs of
+    passes, read + decode then read + decode + map, so that both sides of
     each ratio see the same machine load; the median ratio is reported with
-    its range. Then the real pipeline with ``workers`` map processes (which
-    decode as well, as in ``ddtrain``), over three epochs' worth of datapoints.
+    its range. (The multi-process pipeline is measured by the (d) rows.)
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
 
     import trainer  # noqa: F401
-    from ddcache.dataflow import CacheDataFlow
+    from ddcache.dataflows import map_records
+    from ddcache.decoding import RecordDecoder
+    from ddcache.source import CacheSource
     from trainer.config import load_config
-    from trainer.train_data import TrainingMapper, build_train_dataflow
+    from trainer.train_data import TrainingMapper
 
     cfg = load_config(config)
-    df = CacheDataFlow(cache, shuffle=True, seed=0)
+    df = map_records(CacheSource(cache, shuffle=True, seed=0), [RecordDecoder()])
     df.reset_state()
     mapper, rng = TrainingMapper(cfg, seed=0), np.random.RandomState(0)
     mapper.setup()  # a worker's one-off start-up (anchor grids), not a per-sample cost
@@ -159,23 +179,10 @@ def child_training(cache, config, workers, rounds=5):
         decode_total += decode_s
         full_total += full_s
     timings = {k: v / rounds for k, v in timings.items()}
-    # As ddtrain feeds it: encoded records to the map workers, which decode, resize and label.
-    pipeline = build_train_dataflow(CacheDataFlow(cache, shuffle=True, seed=1, decode=False), cfg, num_workers=workers,
-                                    seed=0)
-    pipeline.reset_state()
-    stream = iter(pipeline)
-    next(stream)  # start-up (forking, first fill) is not throughput
-    t0 = time.perf_counter()
-    got = 0
-    for _ in stream:  # tensorpack's non-strict map repeats its source endlessly
-        got += 1
-        if got >= 3 * mapped:
-            break
-    pipe_s = time.perf_counter() - t0
     return {"samples": n, "mapped": mapped, "rounds": rounds, "read_decode_per_s": rounds * n / decode_total,
             "training_input_per_s": rounds * mapped / full_total,
             "fraction_of_read_decode": float(np.median(per_round)), "fraction_per_round": per_round,
-            "stage_seconds": timings, "pipeline_workers": workers, "pipeline_per_s": got / pipe_s}
+            "stage_seconds": timings}
 
 
 CHILDREN = {"training": child_training, "inmemory": child_inmemory, "onthefly": child_onthefly, "stream": child_stream,
@@ -199,23 +206,28 @@ def run_child(kind, *args):
 def replicate_cache(src, dst, n):
     """Write a cache of ``n`` records at ``dst`` by cycling the records of cache ``src`` (same bytes, same index).
 
-    The records, checksums and index entries are copied as they are; only the
-    keys are new. Returns ``dst``.
+    The records and their index entries are copied as they are (the cache
+    writer recomputes the same checksums); only the keys are new. Returns ``dst``.
     """
-    from ddcache.manifest import new_manifest, read_manifest
-    from ddcache.store import CacheReader, write_cache
+    from ddcache.manifest import read_manifest
+    from ddcache.store import CacheReader
+    from ddcache.writer import CacheHeader, CacheWriter
 
     reader = CacheReader(src)
     m = read_manifest(src)
     k = len(reader)
-    options = {**m["build_options"], "replicated_from": str(src)}
-    out = new_manifest(m["dataset"], m["split"], m["mode"], m["categories"], options, None)
-    out["counts"] = dict(m["counts"])
-    out["encoding"] = m.get("encoding")
+    header = CacheHeader(m["dataset"], m["split"], m["mode"], {**m["build_options"], "replicated_from": str(src)})
     index = m["index"]
-    items = ((reader.get_raw(i % k), m["checksums"][i % k], index["num_rows"][i % k], index["num_cols"][i % k],
-              index["num_cells"][i % k]) for i in range(n))
-    return write_cache(dst, out, items, map_size=1 << 32)
+    with CacheWriter.open(dst, header, map_size=1 << 32) as writer:
+        for i in range(n):
+            writer.append(reader.get_raw(i % k), (index["num_rows"][i % k], index["num_cols"][i % k],
+                                                  index["num_cells"][i % k]))
+            if writer.uncommitted >= 256:
+                writer.commit()
+        counts = {key: m["counts"][key] for key in ("num_read", "num_tables_written", "boxes_per_category",
+                                                     "dropped_boxes")}
+        writer.finish(counts, encoding=m.get("encoding"))
+    return Path(dst)
 
 
 # ---------------------------------------------------------------- report
@@ -281,10 +293,16 @@ def main():
         rows.append({"name": "(a) in-memory float32 list", "kind": "inmemory", **a})
         b = run_child("onthefly", tmp / "raw")
         rows.append({"name": "(b) render on the fly", "kind": "onthefly", **b})
+        worker_counts = sorted({1, 2, max(1, args.workers)})
         for enc in ENCODINGS:
-            for w in sorted({1, 2, max(1, args.workers)}):
+            for w in worker_counts:
                 r = run_child("stream", caches[enc], w, None)
                 rows.append({"name": f"(c) stream {enc}, {w} worker(s)", "kind": "stream", "encoding": enc, **r})
+        config = Path(__file__).resolve().parents[1] / "configs" / "cell.yaml"
+        for w in worker_counts:
+            r = run_child("stream", caches["png"], w, args.seconds, str(config))
+            rows.append({"name": f"(d) training input png (cell.yaml), {w} worker(s)", "kind": "stream",
+                         "encoding": "png", **r})
 
         small = replicate_cache(caches["png"], tmp / "small", args.small)
         growth = {}
@@ -293,8 +311,7 @@ def main():
             growth[label] = {"cache_samples": n, **run_child("stream", path, max(1, args.workers), args.seconds)}
 
         ratios = {enc: run_child("decode_ratio", caches[enc]) for enc in ENCODINGS}
-        config = Path(__file__).resolve().parents[1] / "configs" / "cell.yaml"
-        training = run_child("training", caches["png"], config, max(1, args.workers))
+        training = run_child("training", caches["png"], config)
 
         payload = {
             "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
@@ -315,21 +332,22 @@ def main():
                                f"{g['peak_rss_mb'] - g['start_rss_mb']:.0f}", f"{g['peak_anon_mb']:.0f}",
                                _mb(g.get("end_pss_mb"))] for g in growth.values()]),
               "", "## Streaming read + check + decode vs decoding the same records from memory (1 process)", "",
-              markdown_table(["encoding", "samples", "from memory (s)", "streamed (s)", "ratio"],
+              markdown_table(["encoding", "samples", "from memory (s, median)", "streamed (s, median)",
+                              "time ratio streamed / memory (median of 5, range)"],
                              [[enc, r["samples"], f"{r['decode_from_memory_s']:.3f}",
-                               f"{r['stream_read_decode_s']:.3f}", f"{r['ratio']:.2f}"] for enc, r in ratios.items()]),
-              "", "## Full training input (cell.yaml: resize + flip + RPN anchor targets) vs read + decode alone", "",
+                               f"{r['stream_read_decode_s']:.3f}",
+                               f"{r['ratio']:.2f} ({min(r['ratio_per_round']):.2f}-{max(r['ratio_per_round']):.2f})"]
+                              for enc, r in ratios.items()]),
+              "", "## Full training input (cell.yaml: resize + flip + RPN anchor targets) vs read + decode alone (1 process)", "",
               markdown_table(["samples", "read+decode /s", "+ training preprocessing /s",
                               f"fraction (median of {training['rounds']}, range)",
-                              "per sample ms: resize+flip / anchor labels / sampling+dense targets",
-                              f"pipeline with {training['pipeline_workers']} workers /s"],
+                              "per sample ms: resize+flip / anchor labels / sampling+dense targets"],
                              [[training["samples"], f"{training['read_decode_per_s']:.1f}",
                                f"{training['training_input_per_s']:.1f}",
                                f"{training['fraction_of_read_decode']:.2f} ({min(training['fraction_per_round']):.2f}"
                                f"-{max(training['fraction_per_round']):.2f})",
                                " / ".join(f"{1e3 * training['stage_seconds'][k] / training['mapped']:.1f}"
-                                          for k in ("resize_flip", "matching", "sampling")),
-                               f"{training['pipeline_per_s']:.1f}"]]),
+                                          for k in ("resize_flip", "matching", "sampling"))]]),
               "", "RSS sums the process tree (forked workers count pages shared with their parent again); "
               "PSS splits shared pages between processes (the honest total, taken once when streaming stops); "
               "growth = peak minus the RSS after imports (streaming imports TensorFlow via tensorpack, as the "

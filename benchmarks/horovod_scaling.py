@@ -67,12 +67,14 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="ddcache-hvd-bench-"))
     try:
         from ddcache.build import BuildOptions, build_cache
+        from ddcache.resolution import Resolution
         from ddcache.synth import write_sample
 
         write_sample("fintabnet", tmp / "raw", pages=args.pages, seed=0)
         for split in ("train", "val"):
             build_cache(BuildOptions(dataset="fintabnet", source=str(tmp / "raw"), split=split,
-                                     out=str(tmp / "caches" / split), workers=1, dpi=72), progress=False)
+                                     out=str(tmp / "caches" / split), workers=1, resolution=Resolution(72)),
+                        progress=False)
         spe = args.steps_per_epoch
         runs = [{"name": "SimpleTrainer (no Horovod)", "ranks": 1, "horovod": False, "epoch_seconds": []}]
         runs += [{"name": f"horovodrun -np {n} --gloo", "ranks": n, "horovod": True, "epoch_seconds": []} for n in (1, 2)]

@@ -14,17 +14,17 @@ import numpy as np
 def load_all(source, split, limit, dpi=200):
     """Render + crop up to ``limit`` tables into a list of float32 arrays (what the seed trainer holds)."""
     from ddcache.datasets import get_reader
-    from ddcache.datasets.base import SkipSample
+    from ddcache.datasets.base import ReadOptions, SkipSample
     from ddcache.geometry import clip, shift
 
     reader = get_reader("fintabnet")
     scale = dpi / 72.0
     data = []
-    for line in reader.annotation_lines(source, split, {}):
+    for line in reader.annotation_lines(source, split, ReadOptions()):
         if len(data) >= limit:
             break
         try:
-            ann = reader.parse(line, {})
+            ann = reader.parse(line, ReadOptions())
             page = reader.open_page(source, ann)
         except SkipSample:
             continue

@@ -30,13 +30,14 @@ KEYS = ("AP50", "AP75", "AP", "AR")
 def build_tables(root, tables, seed):
     """A cache with ``tables`` synthetic FinTabNet table crops (72 dpi, small images: fast on CPU)."""
     from ddcache.build import BuildOptions, build_cache
+    from ddcache.resolution import Resolution
     from ddcache.store import CacheReader
     from ddcache.synth import write_sample
 
     write_sample("fintabnet", root / "src", pages=max(3, tables * 2), seed=seed)
     out = root / "cache"
     build_cache(BuildOptions(dataset="fintabnet", source=str(root / "src"), split="train", out=str(out), workers=1,
-                             dpi=72, max_datapoints=tables), progress=False)
+                             resolution=Resolution(72), max_datapoints=tables), progress=False)
     return out, len(CacheReader(out))
 
 

@@ -1,9 +1,14 @@
-"""`ddcache bench`: stream caches the way training does and report throughput, latency and memory.
+"""`ddcache bench`: stream caches the way training reads them and report throughput, latency and memory.
 
-The pipeline measured is ``ddcache.dataflow.streaming_dataflow`` with
-``num_workers`` reader processes that read, check and decode each record
-(workers = 0: everything in this process), shuffled per epoch as in training.
-Peak RSS is sampled every 20 ms over this process and all its children
+The pipeline measured is the one read path (``ddcache.dataflows``): a
+``CacheSource`` that reads and checks records by key in this process,
+shuffled per epoch as in training, feeding ``workers`` map processes
+(0 = everything in this process). By default the workers decode
+(``RecordDecoder``); with ``config`` they run the full training
+preprocessing of that config -- decode, random resize, flip, RPN anchor
+targets, the compact datapoint expanded here -- built by the very function
+``ddtrain train`` uses (``trainer.train_data.build_train_dataflow``). Peak
+RSS is sampled every 20 ms over this process and all its children
 (psutil), so worker processes count.
 
 tensorpack (and so TensorFlow, ~4 s) is imported only when the command runs:
@@ -94,27 +99,32 @@ class _PeakRss:
         return self.peak_anon / 1e6
 
 
-def run_bench(paths, workers=2, seconds=10.0, epoch=False, seed=0):
-    """Stream ``paths`` (a cache or a list of shard caches) as training would; return the measurements.
+def run_bench(paths, workers=2, seconds=10.0, epoch=False, seed=0, config=None):
+    """Stream ``paths`` (a cache or a list of shard caches) as training reads it; return the measurements.
 
     Args:
-      workers: reader/decoder processes (0 = read and decode in this process).
+      workers: map worker processes (0 = read, decode and map in this process).
       seconds: stream for about this long (whole samples; ignored with ``epoch``).
-      epoch: stream exactly one epoch instead, and report ``samples`` and ``unique``.
+      epoch: stream exactly one epoch instead, and report ``samples`` and ``unique`` (or ``dropped``).
       seed: shuffle seed.
+      config: a trainer config (path): measure the full training input of
+        ``ddtrain train`` with that config instead of decoding alone.
 
     Returns a dict: ``samples_per_s`` (samples after the first / seconds after
     the first, i.e. steady state), ``first_sample_s`` (seconds from start,
-    including forking workers and opening LMDB, to the first decoded sample),
+    including forking workers and opening LMDB, to the first sample),
     ``peak_rss_mb`` (MB, summed over the process tree: pages shared by
     forked workers and LMDB's mapped file pages count once per process),
     ``peak_anon_mb`` (the private part: RSS minus file-backed/shared pages),
     ``start_rss_mb`` (RSS before streaming, after imports: TensorFlow via
     tensorpack), ``end_pss_mb`` (PSS of the tree when streaming stopped:
-    shared pages counted once overall), ``workers``, ``samples``, ``seconds`` (total wall time),
-    ``epochs`` (started), ``cache_size`` (selected samples) and, with
-    ``epoch``, ``unique`` (distinct global indices seen).
-    Raises UserError for a missing or invalid cache or a bad argument.
+    shared pages counted once overall), ``workers``, ``samples`` (decoded
+    samples, or training datapoints with ``config``), ``seconds`` (total
+    wall time), ``epochs`` (started), ``cache_size`` (selected records),
+    ``pipeline`` ("decode" or "training"), ``dropped`` (records that gave no
+    training datapoint: no box of a trained category) and, with ``epoch``
+    and no ``config``, ``unique`` (distinct global indices seen).
+    Raises UserError for a missing or invalid cache, config or argument.
     """
     if isinstance(paths, (str, bytes)) or hasattr(paths, "__fspath__"):
         paths = [paths]
@@ -125,34 +135,32 @@ def run_bench(paths, workers=2, seconds=10.0, epoch=False, seed=0):
         raise UserError("--seconds must be > 0 (or use --epoch)")
     from .store import CacheReader
 
-    CacheReader(paths)  # a missing or invalid cache fails here, before the slow import below
+    CacheReader(paths)  # a missing or invalid cache fails here, before the slow imports below
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow start-up chatter is not benchmark output
-    from .dataflow import streaming_dataflow  # imports tensorpack/TensorFlow: only when benchmarking
-
+    build = _pipeline_builder(config)
     with _PeakRss() as rss:
         t0 = time.perf_counter()
-        df = streaming_dataflow(paths, num_workers=workers, seed=seed, shuffle=True, decode=True)
-        df.reset_state()
+        stream, source = build(paths, workers, seed)
         samples, seen, epochs = 0, set(), 0
         t_first = None
         try:
+            stream.reset_state()
             while True:
                 epochs += 1
-                for sample in df:
+                for sample in stream:
                     if t_first is None:
                         t_first = time.perf_counter()
                     samples += 1
-                    if epoch:
+                    if epoch and config is None:
                         seen.add(sample["index"])
-                    elif time.perf_counter() - t0 >= seconds:
+                    elif not epoch and time.perf_counter() - t0 >= seconds:
                         break
-                if epoch or time.perf_counter() - t0 >= seconds or len(df) == 0:
+                if epoch or time.perf_counter() - t0 >= seconds or len(source) == 0:
                     break
         finally:
             t_end = time.perf_counter()
             end_pss = rss.tree_pss_mb()
-            if hasattr(df, "close"):
-                df.close()
+            stream.close()
     steady = t_end - t_first if t_first is not None else 0.0
     out = {
         "samples_per_s": (samples - 1) / steady if samples > 1 and steady > 0 else 0.0,
@@ -165,11 +173,45 @@ def run_bench(paths, workers=2, seconds=10.0, epoch=False, seed=0):
         "samples": samples,
         "seconds": t_end - t0,
         "epochs": epochs,
-        "cache_size": len(df),
+        "cache_size": len(source),
+        "pipeline": "decode" if config is None else "training",
+        "dropped": stream.dropped,
     }
-    if epoch:
+    if epoch and config is None:
         out["unique"] = len(seen)
     return out
+
+
+def _pipeline_builder(config):
+    """``build(paths, workers, seed) -> (stream, source)`` for decoding alone, or for ``config``'s training input.
+
+    The config is read first (a mistake in it is one line, before TensorFlow
+    prints anything), then everything is imported, before the clock starts
+    (tensorpack imports TensorFlow: seconds).
+    """
+    if config is not None:
+        import trainer  # noqa: F401  (legacy Keras for tensorpack, before TensorFlow is imported)
+        from trainer.config import load_user_config
+
+        cfg = load_user_config(config)
+    from .dataflows import map_records
+    from .source import CacheSource
+
+    if config is None:
+        from .decoding import RecordDecoder
+
+        def build(paths, workers, seed):
+            source = CacheSource(paths, seed=seed, shuffle=True)
+            return map_records(source, [RecordDecoder()], workers=workers), source
+
+        return build
+    from trainer.train_data import build_train_dataflow
+
+    def build(paths, workers, seed):
+        source = CacheSource(paths, seed=seed, shuffle=True)
+        return build_train_dataflow(source, cfg, num_workers=workers, seed=seed), source
+
+    return build
 
 
 def _default_workers():
@@ -181,22 +223,32 @@ def _default_workers():
 @click.command("bench")
 @click.argument("caches", nargs=-1, required=True, type=click.Path())
 @click.option("--workers", type=click.IntRange(0), default=None,
-              help="Reader/decoder processes (0 = in this process). Default: all cores.")
+              help="Map worker processes that decode (and with --config preprocess) the records read here "
+                   "(0 = everything in this process). Default: all cores.")
 @click.option("--seconds", default=10.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="How long to stream (ignored with --epoch).")
-@click.option("--epoch", is_flag=True, help="Stream exactly one epoch; also report samples and unique samples seen.")
+@click.option("--epoch", is_flag=True, help="Stream exactly one epoch; also report the samples and how many were "
+                                           "distinct (with --config: datapoints and records without a trained box).")
+@click.option("--config", type=click.Path(dir_okay=False),
+              help="Also run this trainer config's training preprocessing (random resize, flip, RPN anchor targets), "
+                   "exactly as `ddtrain train --workers N` feeds the model.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Shuffle seed.")
-def bench(caches, workers, seconds, epoch, as_json, seed):
-    """Stream caches as training would (decode in workers); print samples/s, time to first sample, peak RSS."""
+def bench(caches, workers, seconds, epoch, config, as_json, seed):
+    """Stream caches as training reads them (workers decode, or with --config preprocess as training does);
+    print samples/s, time to first sample, peak RSS."""
     if workers is None:
         workers = _default_workers()
-    r = run_bench(list(caches), workers=workers, seconds=seconds, epoch=epoch, seed=seed)
+    r = run_bench(list(caches), workers=workers, seconds=seconds, epoch=epoch, seed=seed, config=config)
     if as_json:
         click.echo(json.dumps(r, indent=2))
         return
+    what = "samples" if config is None else "training datapoints"
     first = "n/a" if r["first_sample_s"] is None else f"{r['first_sample_s']:.3f} s"
-    click.echo(f"{r['samples']} samples in {r['seconds']:.1f} s with {r['workers']} worker(s): "
-               f"{r['samples_per_s']:.1f} samples/s, first sample after {first}, peak RSS {r['peak_rss_mb']:.0f} MB")
-    if epoch:
+    click.echo(f"{r['samples']} {what} in {r['seconds']:.1f} s with {r['workers']} worker(s): "
+               f"{r['samples_per_s']:.1f} per s, first after {first}, peak RSS {r['peak_rss_mb']:.0f} MB")
+    if epoch and config is None:
         click.echo(f"one epoch: {r['samples']} samples, {r['unique']} unique, cache selection {r['cache_size']}")
+    elif epoch:
+        click.echo(f"one epoch: {r['samples']} datapoints + {r['dropped']} records without a box of a trained "
+                   f"category = {r['samples'] + r['dropped']} of the cache selection's {r['cache_size']}")

@@ -14,6 +14,7 @@ from .errors import CorruptRecordError, UserError, WorkerDiedError
 from .input_limits import MAX_GRID, MAX_LINE_BYTES, MAX_PIXELS
 from .interrupts import CommandInterrupted, bounded_interrupt, say_once
 from .outputs import check_output
+from .resolution import MAX_LONG, MAX_SHORT, Resolution
 
 
 def _shard(value):
@@ -113,8 +114,8 @@ def sample(dataset, out, pages, seed, overwrite):
 @click.option("--dpi", default="auto", show_default=True, callback=lambda c, p, v: _dpi(v),
               help="Render resolution; 'auto' stores each table at the largest size training uses "
                    "(short edge <= --max-short, long edge <= --max-long).")
-@click.option("--max-short", default=1200, show_default=True, type=click.IntRange(16), help="Largest training short edge (auto dpi).")
-@click.option("--max-long", default=1408, show_default=True, type=click.IntRange(16), help="Largest training long edge (auto dpi).")
+@click.option("--max-short", default=MAX_SHORT, show_default=True, type=click.IntRange(16), help="Largest training short edge (auto dpi).")
+@click.option("--max-long", default=MAX_LONG, show_default=True, type=click.IntRange(16), help="Largest training long edge (auto dpi).")
 @click.option("--pad", default=0.0, show_default=True, type=click.FloatRange(0), help="Margin around the table, in source units (points / pixels).")
 @click.option("--first-row-header", is_flag=True, help="Mark the first row as header (FinTabNet has no <thead>; noisy, opt-in).")
 @click.option("--annotations", default="table", show_default=True, type=click.Choice(["table", "cell"]),
@@ -150,9 +151,13 @@ def build(dataset, quiet, dask_scheduler, shards, **kw):
     shard caches, one Dask task each; --workers then counts processes per shard.
     """
     from .build import BuildOptions, build_cache
+    from .selection import RecordFilter
 
     check_output(kw["out"], "--out")
-    opts = BuildOptions(dataset=dataset, **kw)
+    resolution = Resolution(kw.pop("dpi"), kw.pop("max_short"), kw.pop("max_long"))
+    record_filter = RecordFilter.from_options(kw)
+    kw = {k: v for k, v in kw.items() if k not in record_filter.as_options()}
+    opts = BuildOptions(dataset=dataset, resolution=resolution, record_filter=record_filter, **kw)
     echo = lambda m: click.echo(m, err=True)  # noqa: E731
     if dask_scheduler is None and shards is not None:
         raise UserError("--shards needs --dask (to build one shard of N without Dask: --shard I/N)")

@@ -3,15 +3,9 @@
 Table mode renders only the table region (plus ``pad`` source units) at a
 scale chosen per table, moves every cell box into the crop, and derives
 ROW / COLUMN boxes from the grid. Page mode renders the whole page with a
-TABLE box per table and the tables' cells.
-
-Resolution. The trainer resizes the short edge into PREPROC.TRAIN_SHORT_EDGE_SIZE
-(max 1200) with the long edge capped at PREPROC.MAX_SIZE (1408). With
-``dpi="auto"`` each table is stored at exactly the largest size training can
-ask for: ``scale = min(max_short / short_side, max_long / long_side)``. Training
-then only ever downsamples (no blur from upsampling small tables), and no
-pixel is stored that training can never use. Raster sources are never
-upsampled (it would add bytes, not information).
+TABLE box per table and the tables' cells. How many pixels a table gets is
+the :class:`ddcache.resolution.Resolution` passed in (by default: the largest
+size training uses, never more).
 """
 import math
 
@@ -21,34 +15,21 @@ from . import categories as C
 from .errors import SkipSample
 from .geometry import clip, shift, valid
 from .input_limits import MAX_PIXELS
+from .resolution import Resolution
 
 MIN_BOX_PX = 1.0
 
 
-def choose_scale(width, height, dpi="auto", max_short=1200, max_long=1408, raster=False):
-    """Pixels per source unit for a region of ``width`` x ``height`` source units.
-
-    ``dpi`` is a number (points -> pixels at dpi/72; for raster sources a
-    number means 'dpi/72 times the native size') or "auto" (see module doc).
-    """
-    if dpi != "auto":
-        return float(dpi) / 72.0
-    short, long_ = min(width, height), max(width, height)
-    if short <= 0:
-        raise SkipSample("degenerate_table", f"{width:.1f} x {height:.1f}")
-    scale = min(max_short / short, max_long / long_)
-    return min(scale, 1.0) if raster else scale
-
-
-def crop_region(box_px, page_w, page_h):
-    """Integer pixel region (x0, y0, x1, y1) covering ``box_px``, clipped to the page; SkipSample if empty."""
+def crop_region(box_px, page_w, page_h, resolution=Resolution()):
+    """Integer pixel region (x0, y0, x1, y1) covering ``box_px``, clipped to the page and to the
+    resolution's size limits (:meth:`Resolution.fit`); SkipSample if empty."""
     x0 = max(0, int(math.floor(box_px[0])))
     y0 = max(0, int(math.floor(box_px[1])))
     x1 = min(page_w, int(math.ceil(box_px[2])))
     y1 = min(page_h, int(math.ceil(box_px[3])))
     if x1 - x0 < 2 or y1 - y0 < 2:
         raise SkipSample("box_outside_page", f"table region {tuple(np.round(box_px, 1))} vs page {page_w}x{page_h}")
-    return x0, y0, x1, y1
+    return resolution.fit((x0, y0, x1, y1), box_px)
 
 
 def check_inside_page(boxes_px, page_w, page_h):
@@ -60,13 +41,13 @@ def check_inside_page(boxes_px, page_w, page_h):
         raise SkipSample("box_outside_page", f"box {tuple(np.round(b[i], 1))} outside page {page_w}x{page_h} px")
 
 
-def render_checked(page, scale, region, options):
-    """``page.render(scale, region)`` unless it would allocate more than ``options["max_pixels"]``: SkipSample('too_large').
+def render_checked(page, scale, region, max_pixels=MAX_PIXELS):
+    """``page.render(scale, region)`` unless it would allocate more than ``max_pixels``: SkipSample('too_large').
 
     Checked before rendering: a huge page box at a fixed dpi, or a raster
     source of 30000 x 30000 pixels, is refused without allocating it.
     """
-    limit = int(options.get("max_pixels", MAX_PIXELS))
+    limit = int(max_pixels)
     needed = page.render_pixels(scale, region)
     if needed > limit:
         x0, y0, x1, y1 = region
@@ -161,25 +142,24 @@ def _provenance(annotation, page, scale, origin, dataset):
     }
 
 
-def make_table_sample(annotation, page, options, dataset):
+def make_table_sample(annotation, page, dataset, resolution=Resolution(), pad=0.0, raster=False, max_pixels=MAX_PIXELS):
     """Render and annotate one table crop.
 
-    ``options``: dpi, max_short, max_long, pad (source units), raster flag.
-    Returns (sample dict per CONTRACTS.md with the image array, dropped-box count).
+    ``resolution``: pixels per source unit and size limits; ``pad``: margin
+    around the table box, source units; ``raster``: the page is a raster
+    image (never upsampled); ``max_pixels``: the render size limit
+    (:func:`render_checked`). Returns (sample dict per CONTRACTS.md with the
+    image array, dropped-box count).
     """
-    pad = float(options.get("pad", 0.0))
     tb = np.asarray(annotation.table_bbox, dtype=np.float64)
-    padded = tb + np.array([-pad, -pad, pad, pad])
-    scale = choose_scale(
-        padded[2] - padded[0], padded[3] - padded[1], options.get("dpi", "auto"),
-        options.get("max_short", 1200), options.get("max_long", 1408), options.get("raster", False),
-    )
+    padded = tb + np.array([-pad, -pad, pad, pad], dtype=np.float64)
+    scale = resolution.scale(padded[2] - padded[0], padded[3] - padded[1], raster)
     page_w, page_h = page.size_px(scale)
     cells = annotation.boxed_cells
     cells_px = page.to_pixels([c.bbox for c in cells], scale)
     check_inside_page(cells_px, page_w, page_h)
-    region = crop_region(page.to_pixels(padded, scale)[0], page_w, page_h)
-    image = render_checked(page, scale, region, options)
+    region = crop_region(page.to_pixels(padded, scale)[0], page_w, page_h, resolution)
+    image = render_checked(page, scale, region, max_pixels)
     crop_h, crop_w = image.shape[:2]
     to_crop = lambda b: shift(b, -region[0], -region[1])  # noqa: E731
     table_crop = clip(to_crop(page.to_pixels(tb, scale)), crop_w, crop_h)[0]
@@ -201,25 +181,24 @@ def make_table_sample(annotation, page, options, dataset):
     return sample, dropped
 
 
-def make_page_sample(annotations, page, options, dataset):
+def make_page_sample(annotations, page, dataset, resolution=Resolution(), raster=False, max_pixels=MAX_PIXELS):
     """Render one whole page with a TABLE box per table and every table's cells.
 
     Returns (sample dict, dropped-box count). Provenance describes the first
     table and lists every table id under ``table_ids``.
     """
-    scale = choose_scale(
-        page.width, page.height, options.get("dpi", "auto"),
-        options.get("max_short", 1200), options.get("max_long", 1408), options.get("raster", False),
-    )
+    scale = resolution.scale(page.width, page.height, raster)
     page_w, page_h = page.size_px(scale)
-    image = render_checked(page, scale, (0, 0, page_w, page_h), options)
+    region = resolution.fit((0, 0, page_w, page_h), (0.0, 0.0, page.width * scale, page.height * scale))
+    image = render_checked(page, scale, region, max_pixels)
+    crop_h, crop_w = image.shape[:2]
     parts, dropped = [], 0
     for t, ann in enumerate(annotations):
         cells = ann.boxed_cells
         cells_px = page.to_pixels([c.bbox for c in cells], scale)
         check_inside_page(cells_px, page_w, page_h)
-        table_px = clip(page.to_pixels(ann.table_bbox, scale), page_w, page_h)
-        boxes, attrs, _, d = cell_boxes(cells, cells_px, page_w, page_h, table_index=t)
+        table_px = clip(page.to_pixels(ann.table_bbox, scale), crop_w, crop_h)
+        boxes, attrs, _, d = cell_boxes(cells, cells_px, crop_w, crop_h, table_index=t)
         dropped += d
         table_attrs = {"row": [-1], "col": [-1], "row_span": [ann.num_rows], "col_span": [ann.num_cols], "header": [0], "table": [t]}
         parts.append((table_px, C.TABLE, table_attrs))

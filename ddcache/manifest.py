@@ -119,16 +119,15 @@ def read_manifest(cache_dir):
 
 
 def check_manifest(manifest):
-    """The manifest schema: ``manifest`` (parsed JSON) checked and completed in place, or SchemaError.
+    """The manifest schema: ``manifest`` (parsed JSON) returned unchanged if valid, else SchemaError.
 
     Types and ranges of every field a reader uses; ``counts.num_samples``
     equal to the number of checksums and of every index column (so no reader
     loops over, or allocates for, a count the file does not back); optional
-    fields (``build_options``, ``shard``, ``encoding``, ...) checked when present,
-    ``build_options`` defaulting to ``{}``.
+    fields (``counts.skipped``, ``shard``, ``encoding``, ...) checked when present.
     """
     require_map(manifest, "manifest")
-    require_fields(manifest, "manifest", REQUIRED)
+    require_fields(manifest, "manifest", REQUIRED + ("build_options",))
     require_int(manifest["schema_version"], "schema_version", SCHEMA_VERSION, SCHEMA_VERSION)
     for name in ("dataset", "split"):
         require_str(manifest[name], name, 256)
@@ -142,7 +141,7 @@ def check_manifest(manifest):
         if name in counts:
             require_int(counts[name], f"counts.{name}")
     for name in ("skipped", "boxes_per_category"):
-        for k, v in require_map(counts.setdefault(name, {}), f"counts.{name}", max_keys=1024).items():
+        for k, v in require_map(counts.get(name, {}), f"counts.{name}", max_keys=1024).items():
             require_str(k, f"counts.{name} key", 256)
             require_int(v, f"counts.{name}.{k}")
     sums = require_list(manifest["checksums"], "checksums", length=n)
@@ -152,7 +151,7 @@ def check_manifest(manifest):
     require_fields(index, "index", INDEX_COLUMNS)
     for name in INDEX_COLUMNS:
         require_int_list(index[name], f"index.{name}", length=n)
-    require_map(manifest.setdefault("build_options", {}), "build_options")
+    require_map(manifest["build_options"], "build_options")
     shard = manifest.get("shard")
     if shard is not None:
         i, total = require_int_list(shard, "shard", length=2)

@@ -1,4 +1,4 @@
-"""LMDB store: the two halves of the on-disk format (writer used by the build, reader used by everything else).
+"""LMDB store: transactions on a cache's ``data.mdb`` (writes for ``ddcache.writer``, reads for everything else).
 
 Facts this module is built around (py-lmdb >= 2): one process may hold one
 environment per path; an environment inherited through fork must not be
@@ -6,7 +6,8 @@ used. So readers open lazily, keep one env per (process, path), and drop an
 inherited env before opening their own. Every page read through an env stays
 mapped into the process (and counted in its RSS) until the env is closed, so
 readers close and reopen it after ``REMAP_BYTES`` (see :func:`read_value`).
-Writers commit in batches and grow the map when it is full.
+The writer commits in batches and grows the map when it is full; what it
+writes (keys, bookkeeping, the manifest) is decided by ``ddcache.writer``.
 """
 import os
 import threading
@@ -20,12 +21,11 @@ from . import shard_set
 from .codec import checksum, decode_record
 from .errors import CorruptRecordError, UserError
 from .lmdb_file import DamagedFileError, check_data_file
-from .manifest import append_record, read_manifest, record_key, write_manifest
+from .manifest import read_manifest, record_key
 from .regular_file import NotRegularFileError
 from .schema import MAX_RECORD_BYTES
 
 _META_PREFIX = b"__"
-_INITIAL_MAP_SIZE = 1 << 30
 _READ_ENVS = {}  # resolved path -> [pid, env, bytes read through env]
 _CHECKED = {}  # resolved path -> (size, mtime_ns, inode, device) of the data.mdb that passed check_lmdb_file
 _READ_LOCK = threading.RLock()
@@ -41,35 +41,10 @@ os.register_at_fork(after_in_child=_new_read_lock)
 REMAP_BYTES = 1 << 20  # see read_value: ~0.1 ms per reopen, ~40 MB mapped at most
 
 
-def write_cache(path, manifest, items, map_size=_INITIAL_MAP_SIZE):
-    """Write a finished cache in one go (no resume, no atomic publish): records + manifest at ``path``.
-
-    For caches made from records that already exist (test fixtures, the
-    benchmark's replicated caches), not for builds. ``manifest`` comes from
-    ``new_manifest``; ``items`` yields ``(raw, digest, num_rows, num_cols,
-    num_cells)`` in key order. Sets ``counts["num_samples"]`` and
-    ``counts["bytes"]`` (other counts are the caller's). Returns ``Path(path)``.
-    """
-    writer = LmdbWriter(path, map_size=map_size)
-    batch, total = [], 0
-    for raw, digest, rows, cols, cells in items:
-        batch.append((record_key(len(manifest["checksums"])), raw))
-        append_record(manifest, digest, rows, cols, cells)
-        total += len(raw)
-        if len(batch) >= 512:
-            writer.commit(batch, {})
-            batch = []
-    writer.commit(batch, {})
-    writer.close()
-    manifest["counts"] = {**manifest.get("counts", {}), "num_samples": len(manifest["checksums"]), "bytes": total}
-    write_manifest(path, manifest)
-    return Path(path)
-
-
 class LmdbWriter:
-    """Append records and build state into one LMDB environment, one transaction per batch."""
+    """Records and bookkeeping values (keys starting with ``__``) into one LMDB environment, a transaction per batch."""
 
-    def __init__(self, path, map_size=_INITIAL_MAP_SIZE):
+    def __init__(self, path, map_size=1 << 30):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         drop_stale_envs()  # py-lmdb refuses a file whose recycled inode number a stale read env still holds
@@ -118,7 +93,7 @@ class LmdbWriter:
         self.env.set_mapsize(new_size)
 
     def delete_meta(self, prefix):
-        """Remove build-state keys (done before publishing: a finished cache holds records only)."""
+        """Remove the bookkeeping keys starting with ``prefix`` ("" = all of them), in one transaction."""
         start = _META_PREFIX + prefix.encode()
         with self.env.begin(write=True) as txn:
             cursor = txn.cursor()
@@ -128,8 +103,21 @@ class LmdbWriter:
                         break
 
     def close(self):
+        """Sync and close; then make ``data.mdb`` cover every page LMDB has allocated.
+
+        A transaction may take pages past the end of the file and free them
+        again before it commits (LMDB then never writes them: seen after
+        deleting many keys), which leaves ``data.mdb`` shorter than its
+        ``last_pgno`` says. Readers take such a file for a truncated one
+        (``lmdb_file.check_data_file``, which guards against SIGBUS), so the
+        file is extended with zero pages, which nothing references or reads.
+        """
+        needed = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
         self.env.sync(True)
         self.env.close()
+        data = self.path / "data.mdb"
+        if data.stat().st_size < needed:
+            os.truncate(data, needed)
 
 
 def open_readonly(path):

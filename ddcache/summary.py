@@ -16,9 +16,9 @@ def summarize(paths):
         c = m["counts"]
         for k in totals:
             totals[k] += int(c.get(k, 0))
-        for reason, n in c["skipped"].items():
+        for reason, n in c.get("skipped", {}).items():
             skipped[reason] = skipped.get(reason, 0) + n
-        for name, n in c["boxes_per_category"].items():
+        for name, n in c.get("boxes_per_category", {}).items():
             boxes[name] = boxes.get(name, 0) + n
     disk = sum(_file_bytes(p) for p in paths)
     return {

@@ -22,8 +22,9 @@ ddcache verify "$OUT/cache/train" "$OUT/cache/val" --quiet
 ddcache info "$OUT/cache/train"
 ddcache show "$OUT/cache/train" --index 0 --out "$OUT/train_0.png"
 
-echo "== 4. stream one epoch as training would (exactly once per sample)"
+echo "== 4. stream one epoch as training reads it (exactly once per sample), then with tiny.yaml's preprocessing"
 ddcache bench "$OUT/cache/train" --epoch --workers 2
+ddcache bench "$OUT/cache/train" --epoch --workers 2 --config "$HERE/configs/tiny.yaml"
 
 echo "== 5. train the tiny detector on CPU ($STEPS steps; re-run to continue from the checkpoint)"
 ddtrain train --config "$HERE/configs/tiny.yaml" --train "$OUT/cache/train" --val "$OUT/cache/val" \

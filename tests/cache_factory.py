@@ -1,10 +1,10 @@
-"""Small synthetic caches written directly in the real on-disk format (no rendering, no builder).
+"""Small synthetic caches in the real on-disk format, written by the build's own writer (no rendering).
 
-``make_cache(path, n, ...)`` writes ``n`` records and their manifest with
-``store.write_cache``, exactly as a finished build leaves them:
-records via ``codec.encode_record`` under ``record_key(i)``, one
-``codec.checksum(raw)`` per record, the per-record index
-(``num_rows`` / ``num_cols`` / ``num_cells``), counts and categories.
+``make_cache(path, n, ...)`` encodes ``n`` samples (``codec.encode_record``)
+and appends them with ``ddcache.writer.CacheWriter`` -- the writer
+``ddcache build`` uses -- so records, keys, checksums, the per-record index
+(``num_rows`` / ``num_cols`` / ``num_cells``), counts and the manifest are
+exactly what a finished build leaves.
 
 Sample ``i`` is a table of ``rows(i)`` x ``cols(i)`` cells drawn on a white
 image whose pixel (0, 0) holds ``i % 256`` in every channel, so a test can
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from ddcache import categories as C
-from ddcache.codec import checksum, encode_record
-from ddcache.manifest import new_manifest, record_key
-from ddcache.store import write_cache
+from ddcache.codec import encode_record
+from ddcache.manifest import record_key
+from ddcache.writer import CacheHeader, CacheWriter
 
 
 def default_rows(i):
@@ -77,12 +77,15 @@ def write_records(path, raws, index_rows, dataset="fintabnet", split="train", mo
     ``boxes_per_category``: ``{name: count}`` for the manifest (as a build counts them).
     Returns ``path`` (a ``Path``).
     """
-    n = len(raws)
-    manifest = new_manifest(dataset, split, mode, C.IDS, {"encoding": encoding, "synthetic": True}, shard)
-    manifest["counts"] = {"num_read": n, "num_tables_written": n, "num_skipped": 0, "skipped": {},
-                          "boxes_per_category": dict(sorted((boxes_per_category or {}).items())), "dropped_boxes": 0}
-    manifest["encoding"] = encoding
-    return write_cache(path, manifest, ((raw, checksum(raw), *rows) for raw, rows in zip(raws, index_rows)))
+    header = CacheHeader(dataset, split, mode, {"encoding": encoding, "synthetic": True}, shard)
+    with CacheWriter.open(path, header) as writer:
+        for raw, index in zip(raws, index_rows):
+            writer.append(raw, index)
+        n = len(raws)
+        writer.finish({"num_read": n, "num_tables_written": n,
+                       "boxes_per_category": dict(sorted((boxes_per_category or {}).items())), "dropped_boxes": 0},
+                      encoding=encoding)
+    return Path(path)
 
 
 def make_cache(path, n, encoding="png", rows=default_rows, cols=default_cols, start=0, shard=None, cell_px=12):

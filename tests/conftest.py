@@ -98,8 +98,9 @@ def synth_pubtabnet(tmp_path_factory):
 def synth_cache(synth_fintabnet, tmp_path_factory):
     """A small table-mode cache of the synthetic FinTabNet train split (low resolution for speed)."""
     from ddcache.build import BuildOptions, build_cache
+    from ddcache.resolution import Resolution
 
     out = tmp_path_factory.mktemp("synth_cache") / "train"
     build_cache(BuildOptions(dataset="fintabnet", source=str(synth_fintabnet), split="train", out=str(out), workers=1,
-                             max_short=400, max_long=600), progress=False)
+                             resolution=Resolution(max_short=400, max_long=600)), progress=False)
     return out

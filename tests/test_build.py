@@ -1,12 +1,10 @@
 """Build guarantees: nothing lost on bad input, deterministic across workers, resumable after SIGKILL, sharded."""
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,11 +13,14 @@ from ddcache import categories as C
 from ddcache.build import BuildOptions, build_cache
 from ddcache.errors import UserError
 from ddcache.manifest import read_manifest
+from ddcache.resolution import Resolution
+from ddcache.selection import RecordFilter
 from ddcache.store import CacheReader
+from ddcache.writer import CacheWriter
 
 
 def _opts(source, out, **kw):
-    base = dict(dataset="fintabnet", source=str(source), split="val", out=str(out), workers=1, dpi=72)
+    base = dict(dataset="fintabnet", source=str(source), split="val", out=str(out), workers=1, resolution=Resolution(72))
     base.update(kw)
     return BuildOptions(**base)
 
@@ -137,7 +138,7 @@ def test_shards_are_disjoint_and_cover_everything(replicated_source, tmp_path):
 
 
 def test_filters_and_max_datapoints(replicated_source, tmp_path):
-    s = build_cache(_opts(replicated_source, tmp_path / "f", min_rows=6), progress=False)
+    s = build_cache(_opts(replicated_source, tmp_path / "f", record_filter=RecordFilter(min_rows=6)), progress=False)
     r = CacheReader(tmp_path / "f")
     rows = r.index_column("num_rows")
     assert len(rows) == s["num_samples"] > 0 and rows.min() >= 6
@@ -147,15 +148,15 @@ def test_filters_and_max_datapoints(replicated_source, tmp_path):
 
 
 def test_table_crop_geometry_and_provenance(real_source, tmp_path):
-    build_cache(_opts(real_source, tmp_path / "c", dpi="auto", pad=4.0), progress=False)
+    build_cache(_opts(real_source, tmp_path / "c", resolution=Resolution(), pad=4.0), progress=False)
     r = CacheReader(tmp_path / "c")
     lines = [json.loads(l) for l in (real_source / "FinTabNet_1.0.0_table_val.jsonl").read_text().splitlines()]
     for i in range(len(r)):
         s = r.get(i)
         h, w = s["image"].shape[:2]
-        # auto resolution: the largest size training uses, never above it
-        assert min(h, w) <= 1202 and max(h, w) <= 1410
-        assert min(h, w) >= 1190 or max(h, w) >= 1400
+        # auto resolution: exactly the largest size training uses, never a pixel above it
+        assert min(h, w) <= 1200 and max(h, w) <= 1408
+        assert min(h, w) == 1200 or max(h, w) == 1408
         cells = s["boxes"][s["category_ids"] == C.CELL]
         assert (cells[:, 0] >= 0).all() and (cells[:, 2] <= w).all() and (cells[:, 3] <= h).all()
         # map crop boxes back to PDF points through the provenance and compare with the annotation
@@ -187,7 +188,7 @@ def test_user_mistakes(real_source, tmp_path):
 
 
 def test_page_mode_has_table_and_cell_boxes(real_source, tmp_path):
-    s = build_cache(_opts(real_source, tmp_path / "p", mode="page", dpi="auto"), progress=False)
+    s = build_cache(_opts(real_source, tmp_path / "p", mode="page", resolution=Resolution()), progress=False)
     assert s["num_samples"] == 4 and s["boxes_per_category"]["TABLE"] == 4
     r = CacheReader(tmp_path / "p")
     sample = r.get(0)
@@ -203,12 +204,18 @@ def test_page_mode_has_table_and_cell_boxes(real_source, tmp_path):
 
 
 def test_overwrite_discards_a_partial_build_with_other_options(real_source, tmp_path):
-    from ddcache.store import LmdbWriter
-
-    w = LmdbWriter(tmp_path / "c.partial")
-    w.commit([], {"options": {"dataset": "fintabnet", "encoding": "jpeg"}})
-    w.close()
-    with pytest.raises(UserError, match="other options"):
+    other = _opts(real_source, tmp_path / "c", encoding="jpeg")
+    CacheWriter.open(other.out, other.header()).close()  # an unfinished jpeg build
+    with pytest.raises(UserError, match=r"other options \(encoding\)"):
         build_cache(_opts(real_source, tmp_path / "c"), progress=False)
     s = build_cache(_opts(real_source, tmp_path / "c", overwrite=True), progress=False)
     assert s["num_samples"] == 4
+
+
+def test_build_and_read_time_filters_are_one_rule():
+    """A table the build would skip as filter:X is exactly one the read-time selection drops."""
+    f = RecordFilter(min_rows=2, max_rows=4, min_cols=3, max_cells=10)
+    grid = [(r, c, n) for r in range(6) for c in range(6) for n in range(0, 14, 3)]
+    kept = f.keep(*np.array(grid).T)
+    assert [f.rejects(*g) is None for g in grid] == kept.tolist() and 0 < kept.sum() < len(grid)
+    assert f.rejects(1, 3, 3) == "filter:min_rows" and f.rejects(3, 3, 12) == "filter:max_cells"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import DEFAULTS, Config, ConfigError, load_config, num_classes
+from trainer.config import DEFAULTS, UNREAD, Config, ConfigError, load_config, num_classes
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -22,13 +22,13 @@ def test_cell_yaml_is_the_seed_cell_config():
         "BACKBONE.FREEZE_AT": 2, "BACKBONE.FREEZE_AFFINE": False, "BACKBONE.TF_PAD_MODE": False,
         "FPN.CASCADE": True, "FPN.NORM": "GN", "FPN.NUM_CHANNEL": 256, "FPN.ANCHOR_STRIDES": [4, 8, 16, 32, 64],
         "FPN.PROPOSAL_MODE": "Level", "FPN.FRCNN_HEAD_FUNC": "fastrcnn_2fc_head", "FPN.FC_HEAD_DIM": 1024,
-        "FPN.CONV_HEAD_DIM": 256, "FPN.RESOLUTION_REQUIREMENT": 32,
+        "FPN.RESOLUTION_REQUIREMENT": 32,
         "CASCADE.IOUS": [0.5, 0.6, 0.7], "CASCADE.BBOX_REG_WEIGHTS": [[10, 10, 5, 5], [20, 20, 10, 10], [30, 30, 15, 15]],
         "FRCNN.BATCH_PER_IM": 512, "FRCNN.FG_RATIO": 0.25, "FRCNN.FG_THRESH": 0.5, "FRCNN.BBOX_REG_WEIGHTS": [10, 10, 5, 5],
-        "RPN.ANCHOR_SIZES": [8, 16, 32, 64, 128], "RPN.ANCHOR_RATIOS": [0.25, 0.5, 1.0], "RPN.ANCHOR_STRIDE": 8,
+        "RPN.ANCHOR_SIZES": [8, 16, 32, 64, 128], "RPN.ANCHOR_RATIOS": [0.25, 0.5, 1.0],
         "RPN.BATCH_PER_IM": 512, "RPN.FG_RATIO": 0.5, "RPN.POSITIVE_ANCHOR_THRESH": 0.7,
-        "RPN.NEGATIVE_ANCHOR_THRESH": 0.3, "RPN.CROWD_OVERLAP_THRESH": 9.99, "RPN.PROPOSAL_NMS_THRESH": 0.7,
-        "RPN.MIN_SIZE": 0, "RPN.HEAD_DIM": 1024, "RPN.TEST_PRE_NMS_TOPK": 6000, "RPN.TRAIN_PRE_NMS_TOPK": 12000,
+        "RPN.NEGATIVE_ANCHOR_THRESH": 0.3, "RPN.PROPOSAL_NMS_THRESH": 0.7,
+        "RPN.MIN_SIZE": 0, "RPN.TEST_PRE_NMS_TOPK": 6000, "RPN.TRAIN_PRE_NMS_TOPK": 12000,
         "RPN.TEST_POST_NMS_TOPK": 1000, "RPN.TRAIN_POST_NMS_TOPK": 2000, "RPN.TEST_PER_LEVEL_NMS_TOPK": 1000,
         "RPN.TRAIN_PER_LEVEL_NMS_TOPK": 2000,
         "PREPROC.SHORT_EDGE_SIZE": 800, "PREPROC.TRAIN_SHORT_EDGE_SIZE": [600, 1200], "PREPROC.MAX_SIZE": 1408,
@@ -55,15 +55,76 @@ def test_item_yaml_is_the_row_column_variant():
     assert c.BACKBONE.to_dict() == base.BACKBONE.to_dict() and c.TRAIN.to_dict() == base.TRAIN.to_dict()
 
 
-def test_every_shipped_yaml_sets_every_key():
-    """The YAML files are complete: a change of a default in config.py cannot silently change them."""
-    def flat(d, prefix=""):
-        return {prefix + k for k, v in d.items() if not isinstance(v, dict)} | \
-            {x for k, v in d.items() if isinstance(v, dict) for x in flat(v, prefix + k + ".")}
+def _flat(d, prefix=""):
+    return {prefix + k: v for k, v in d.items() if not isinstance(v, dict)} | \
+        {x: y for k, v in d.items() if isinstance(v, dict) for x, y in _flat(v, prefix + k + ".").items()}
 
+
+def test_shipped_yamls_set_every_key_the_model_reads_and_item_only_its_differences():
+    """cell/tiny are complete (a changed default in config.py cannot silently change them); item.yaml
+    inherits cell.yaml and states only what differs from it."""
     import yaml
+
+    read = set(_flat(DEFAULTS)) - set(UNREAD)
+    for name in ("cell", "tiny"):
+        assert set(_flat(yaml.safe_load((CONFIGS / f"{name}.yaml").read_text()))) == read, name
+    item = yaml.safe_load((CONFIGS / "item.yaml").read_text())
+    assert item.pop("_BASE_") == "cell.yaml"
+    cell_values = _flat(cell().to_dict())
+    assert item and all(cell_values[k] != v for k, v in _flat(item).items())
+
+
+def test_base_chain_merges_in_order_and_base_errors_name_their_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("TRAIN:\n  BASE_LR: 0.5\n  WARMUP: 7\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.yaml").write_text("_BASE_: ../a.yaml\nTRAIN:\n  WARMUP: 9\n")
+    (tmp_path / "c.yaml").write_text("_BASE_: sub/b.yaml\nRPN:\n  FG_RATIO: 0.25\n")  # relative to each file
+    c = load_config(tmp_path / "c.yaml", ["TRAIN.BASE_LR=0.1"])
+    assert (c.TRAIN.BASE_LR, c.TRAIN.WARMUP, c.RPN.FG_RATIO) == (0.1, 9, 0.25)
+    assert c.TRAIN.WEIGHT_DECAY == DEFAULTS["TRAIN"]["WEIGHT_DECAY"]  # a section merges key by key
+    (tmp_path / "a.yaml").write_text("TRAIN:\n  BASE_RL: 0.5\n")
+    with pytest.raises(ConfigError, match=r"a\.yaml: TRAIN\.BASE_RL: unknown config key"):
+        load_config(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize("text, match", [
+    ("_BASE_: nowhere.yaml\n", "nowhere.yaml: no such file"),
+    ("_BASE_: [1]\n", "must name a YAML file"),
+    ("_BASE_: loop.yaml\n", "cycle"),
+])
+def test_bad_base_is_a_config_error(tmp_path, text, match):
+    (tmp_path / "loop.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(tmp_path / "loop.yaml")
+
+
+def test_keys_the_model_does_not_read_warn_when_changed(tmp_path):
+    warnings = []
     for name in ("cell", "item", "tiny"):
-        assert flat(yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())) == flat(DEFAULTS), name
+        load_config(CONFIGS / f"{name}.yaml", warn=warnings.append)
+    assert warnings == []  # shipped configs: silent
+    (tmp_path / "seed.yaml").write_text(f"_BASE_: {CONFIGS / 'cell.yaml'}\nRPN:\n  ANCHOR_STRIDE: 8\n")
+    load_config(tmp_path / "seed.yaml", ["RPN.CROWD_OVERLAP_THRESH=0.5", "RPN.HEAD_DIM=1024"], warn=warnings.append)
+    assert len(warnings) == 2 and "\n" not in "".join(warnings)  # HEAD_DIM kept its default: no warning
+    assert warnings[0].startswith("RPN.ANCHOR_STRIDE = 8 has no effect") and "FPN.ANCHOR_STRIDES" in warnings[0]
+    assert warnings[1].startswith("RPN.CROWD_OVERLAP_THRESH = 0.5 has no effect")
+
+
+def test_unread_keys_are_read_nowhere_in_the_trainer():
+    """UNREAD must stay true: no trainer module may access one of its keys (attribute or getattr string)."""
+    import ast
+
+    names = {key.split(".")[-1] for key in UNREAD}
+    found = []
+    for path in (Path(__file__).resolve().parents[1] / "trainer").rglob("*.py"):
+        if path.name == "config.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in names:
+                found.append((path.name, node.attr))
+            elif isinstance(node, ast.Constant) and node.value in names:
+                found.append((path.name, node.value))
+    assert found == []
 
 
 def test_tiny_yaml_is_small():

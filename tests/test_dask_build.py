@@ -15,6 +15,7 @@ import pytest
 
 from cache_factory import make_cache
 from ddcache.build import BuildOptions, build_cache
+from ddcache.resolution import Resolution
 from ddcache.errors import UserError
 from ddcache.manifest import read_manifest
 from ddcache.shard_set import expand, shard_dir_name
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _opts(source, out, **kw):
-    base = dict(dataset="fintabnet", source=str(source), split="val", out=str(out), workers=1, dpi=72)
+    base = dict(dataset="fintabnet", source=str(source), split="val", out=str(out), workers=1, resolution=Resolution(72))
     base.update(kw)
     return BuildOptions(**base)
 
@@ -49,7 +50,9 @@ def test_shard_dir_names_sort_in_shard_order():
 
 
 def test_parent_directory_reads_as_its_shards_and_refuses_an_unfinished_set(tmp_path):
-    from ddcache.dataflow import streaming_dataflow
+    from ddcache.dataflows import map_records
+    from ddcache.decoding import RecordDecoder
+    from ddcache.source import CacheSource
     from ddcache.summary import summarize
 
     parent = tmp_path / "set"
@@ -58,7 +61,7 @@ def test_parent_directory_reads_as_its_shards_and_refuses_an_unfinished_set(tmp_
     assert expand([parent]) == [parent / "shard-0-of-2", parent / "shard-1-of-2"]
     assert len(CacheReader(parent)) == 5
     assert summarize([parent])["num_samples"] == 5
-    df = streaming_dataflow([parent], shuffle=False)
+    df = map_records(CacheSource([parent], shuffle=False), [RecordDecoder()])
     df.reset_state()
     assert sorted(s["provenance"]["table_id"] for s in df) == [0, 1, 2, 3, 4]
 
@@ -85,7 +88,7 @@ def test_plan_keeps_finished_shards_and_overwrite_clears_what_is_replaced(real_s
     with pytest.raises(UserError, match="holds shards of a 2-shard build; use --shards 2"):
         plan(opts, parent, 3)
     with pytest.raises(UserError, match=r"shard-1-of-2 was built with other options \(dpi\)"):
-        plan(dataclasses.replace(opts, dpi=100.0), parent, 2)
+        plan(dataclasses.replace(opts, resolution=Resolution(100.0)), parent, 2)
     assert plan(dataclasses.replace(opts, overwrite=True), parent, 3) == [0, 1, 2]
     assert not (parent / "shard-1-of-2").exists()  # a shard of the replaced 2-shard set
 
@@ -133,7 +136,7 @@ def test_a_shard_whose_worker_is_killed_resumes_from_its_partial_on_another_atte
 
     from ddcache.dask_build import build_on_dask
 
-    opts = dict(dpi=150, commit_every=2)
+    opts = dict(resolution=Resolution(150), commit_every=2)
     serial = build_cache(_opts(replicated_source, tmp_path / "serial", **opts), progress=False)
     full_size = (tmp_path / "serial" / "data.mdb").stat().st_size
     partial = tmp_path / "set" / "shard-0-of-1.partial"
@@ -166,8 +169,8 @@ def test_a_shard_whose_worker_is_killed_resumes_from_its_partial_on_another_atte
     env = lmdb.open(str(partial), subdir=True)
     txn = env.begin(write=True)  # from here on the shard's build cannot commit
     try:
-        progress = msgpack.unpackb(txn.get(b"__progress"), raw=False)
-        assert not progress["done"] and progress["written"] > 0, progress
+        state = msgpack.unpackb(txn.get(b"__state"), raw=False)  # ddcache.writer's bookkeeping
+        assert not state["caller"]["done"] and state["writer"]["records"] > 0, state
         builder = shard_builder()
         assert builder is not None
         worker = builder.parent()

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from ddcache.build import BuildOptions, build_cache
+from ddcache.resolution import Resolution
 from ddcache.categories import CELL, ids_for
 from ddcache.store import CacheReader
 from trainer.coco_eval import CocoEvaluator
@@ -16,7 +17,7 @@ def cell_cache(real_source, tmp_path_factory):
     """The 4 real FinTabNet val tables as a table-mode cache (72 dpi: small images, fast)."""
     out = tmp_path_factory.mktemp("evalcache") / "val"
     build_cache(BuildOptions(dataset="fintabnet", source=str(real_source), split="val", out=str(out), workers=1,
-                             dpi=72), progress=False)
+                             resolution=Resolution(72)), progress=False)
     return out
 
 

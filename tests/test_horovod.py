@@ -49,16 +49,16 @@ def test_shim_gives_tensorpacks_trainer_module_the_tf1_names(monkeypatch):
 
 
 def test_sample_log_records_what_the_source_reads(tmp_path):
-    from ddcache.dataflow import streaming_dataflow
+    from ddcache.source import CacheSource
     from trainer.sample_log import record_reads
 
     make_cache(tmp_path / "c", 4)
-    source = streaming_dataflow([tmp_path / "c"], rank=1, world=2, shuffle=False, decode=False)
+    source = CacheSource([tmp_path / "c"], rank=1, world=2, shuffle=False)
     assert record_reads(source, 1, environ={}) is source  # off unless asked for
     df = record_reads(source, 1, environ={ENV: str(tmp_path / "log")})
     df.reset_state()
     for _ in range(2):  # two epochs
-        keys = [item["key"] for item in df]
+        keys = [item.key for item in df]
     assert keys == ["00000001", "00000003"]
     assert read_log(log_path(tmp_path / "log", 1)) == [(0, 1, "00000001"), (0, 3, "00000003"),
                                                        (1, 1, "00000001"), (1, 3, "00000003")]

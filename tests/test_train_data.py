@@ -1,5 +1,4 @@
-"""Sample dict -> datapoint mapping, category labels, and the multi-process training dataflow."""
-import itertools
+"""Sample dict -> datapoint mapping, category labels, and the training dataflow over a cache (in process and in workers)."""
 import os
 import pickle
 import types
@@ -8,7 +7,7 @@ import numpy as np
 import pytest
 
 import trainer  # noqa: F401  (before tensorpack: sets TF_USE_LEGACY_KERAS)
-from cache_factory import corrupt_record, make_cache
+from cache_factory import corrupt_record, make_cache, write_records
 from child_run import run_until_marker
 from ddcache import categories
 from trainer.anchors import feature_shape
@@ -118,40 +117,46 @@ def test_profile_stages():
     assert out["total"] >= out["resize_flip"] + out["matching"] + out["sampling"]
 
 
-def test_single_process_dataflow_skips_none():
-    from tensorpack.dataflow import DataFromList
+def _cache_of(path, samples):
+    """A cache holding ``samples`` (sample dicts), written by the cache writer."""
+    from ddcache.codec import encode_record
+
+    index = [(1, 1, int((s["category_ids"] == categories.CELL).sum())) for s in samples]
+    return write_records(path, [encode_record(s) for s in samples], index)
+
+
+def test_single_process_dataflow_drops_records_without_trained_boxes(tmp_path):
+    from ddcache.source import CacheSource
 
     bad = _sample(9)
     bad["category_ids"][:] = categories.ROW
-    df = build_train_dataflow(DataFromList([_sample(0), bad, _sample(1)], shuffle=False), _cfg(), num_workers=0)
+    path = _cache_of(tmp_path / "c", [_sample(0), bad, _sample(1)])
+    df = build_train_dataflow(CacheSource(path, shuffle=False), _cfg(), num_workers=0)
     df.reset_state()
     out = list(df)
-    assert len(out) == 2
+    assert len(out) == 2 and df.dropped == 1
     for dp in out:
         _check_datapoint(dp, n_gt=12)
 
 
-def test_multiprocess_dataflow_two_workers():
-    from tensorpack.dataflow import DataFromList
+def test_multiprocess_dataflow_two_workers(tmp_path):
+    from ddcache.map_workers import LosslessMapDataZMQ
+    from ddcache.source import CacheSource
 
-    from ddcache.dataflow import LosslessMapDataZMQ
-
-    samples = [_sample(k, cells=5 + k) for k in range(4)]
-    df = build_train_dataflow(DataFromList(samples, shuffle=False), _cfg(), num_workers=2, seed=1)
-    workers = df.ds  # MapData(expand_compact) over the worker pool
-    assert isinstance(workers, LosslessMapDataZMQ) and workers.num_proc == 2  # REP workers that never drop a reply
+    path = _cache_of(tmp_path / "c", [_sample(k, cells=5 + k) for k in range(4)])
+    df = build_train_dataflow(CacheSource(path, seed=3), _cfg(), num_workers=2, seed=1)
+    assert isinstance(df.workers, LosslessMapDataZMQ) and df.workers.num_proc == 2  # REP workers that never drop a reply
     df.reset_state()
     try:
-        got = list(itertools.islice(iter(df), 8))  # non-strict: an endless stream
+        got = [dp for _ in range(2) for dp in df]  # strict: each pass is one epoch
+        procs = list(df.workers._procs)
     finally:
-        workers.__del__()  # terminate the workers now rather than at garbage collection
-        for proc in workers._procs:
-            proc.join(timeout=30)  # terminate() only sends the signal
-    assert len(workers._procs) == 2 and not any(p.is_alive() for p in workers._procs)
+        df.close()
+    assert len(procs) == 2 and not any(p.is_alive() for p in procs)
     assert len(got) == 8
     for dp in got:
         _check_datapoint(dp)
-    assert {len(dp[-1]) for dp in got} <= {5, 6, 7, 8} and len({len(dp[-1]) for dp in got}) >= 3
+    assert sorted(len(dp[-1]) for dp in got) == [5, 5, 6, 6, 7, 7, 8, 8]  # each record once per epoch
     # augmentation really varies across datapoints (seeded per worker process)
     assert len({dp[0].shape for dp in got}) > 1
 
@@ -170,19 +175,19 @@ def test_compact_form_expands_to_the_same_datapoint():
         assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
 
 
-_TRAIN_FROM_RAW = """
+_TRAIN_FROM_RECORDS = """
 import itertools, sys
 sys.path.insert(0, {tests!r})
 import trainer
-from ddcache.dataflow import streaming_dataflow
+from tensorpack.dataflow import RepeatedData
 from ddcache.errors import CorruptRecordError
+from ddcache.source import CacheSource
 from test_train_data import _cfg, _check_datapoint
 from trainer.train_data import build_train_dataflow
 
 def pipeline(path):
-    source = streaming_dataflow(path, decode=False, check=False, shuffle=False, categories=["CELL"],
-                                with_provenance=False)
-    df = build_train_dataflow(source, _cfg(), num_workers=2, seed=0)
+    df = RepeatedData(build_train_dataflow(CacheSource(path, check=False, shuffle=False), _cfg(), num_workers=2,
+                                           seed=0), -1)
     df.reset_state()
     return df
 
@@ -195,36 +200,36 @@ try:
     sys.exit("no error raised")
 except CorruptRecordError as exc:
     assert exc.key == {key!r}, exc.key
-print("TRAIN-FROM-RAW-OK", flush=True)
+print("TRAIN-FROM-RECORDS-OK", flush=True)
 """
 
 
-def test_map_workers_decode_raw_records_and_report_a_corrupt_one(tmp_path):
+def test_map_workers_decode_records_and_report_a_corrupt_one(tmp_path):
     """ddtrain's pipeline: encoded records go to the map workers, which decode them; a record that
     does not decode stops training with CorruptRecordError naming its key (not a dead worker and a hang)."""
     good = make_cache(tmp_path / "good", 6, rows=lambda i: 3, cols=lambda i: 4)
     bad = make_cache(tmp_path / "bad", 8, rows=lambda i: 3, cols=lambda i: 4)
     key = corrupt_record(bad, 5)
-    code = _TRAIN_FROM_RAW.format(tests=os.path.dirname(__file__), good=str(good), bad=str(bad), key=key)
-    ok, out = run_until_marker(code, "TRAIN-FROM-RAW-OK", timeout=180)
+    code = _TRAIN_FROM_RECORDS.format(tests=os.path.dirname(__file__), good=str(good), bad=str(bad), key=key)
+    ok, out = run_until_marker(code, "TRAIN-FROM-RECORDS-OK", timeout=180)
     assert ok, out[-2000:]
 
 
-def test_single_process_mapper_decodes_raw_items(tmp_path):
-    from ddcache.dataflow import CacheDataFlow
+def test_single_process_dataflow_decodes_records_and_names_a_corrupt_one(tmp_path):
     from ddcache.errors import CorruptRecordError
+    from ddcache.source import CacheSource
 
     path = make_cache(tmp_path / "c", 3, rows=lambda i: 3, cols=lambda i: 4)
+    df = build_train_dataflow(CacheSource(path, shuffle=False), _cfg(), num_workers=0)
+    df.reset_state()
+    got = list(df)
+    assert len(got) == 3
+    for dp in got:
+        _check_datapoint(dp, n_gt=12)
     bad = make_cache(tmp_path / "bad", 3, rows=lambda i: 3, cols=lambda i: 4)
     key = corrupt_record(bad, 1)
-    mapper = TrainingMapper(_cfg(), seed=0)
-    raw = CacheDataFlow(path, decode=False, categories=["CELL"], with_provenance=False)
-    raw.reset_state()
-    for item in raw:
-        _check_datapoint(mapper(item), n_gt=12)
-    unchecked = CacheDataFlow(bad, decode=False, check=False, categories=["CELL"])
+    unchecked = build_train_dataflow(CacheSource(bad, check=False), _cfg(), num_workers=0)
     unchecked.reset_state()
     with pytest.raises(CorruptRecordError) as err:
-        for item in unchecked:
-            mapper(item)
+        list(unchecked)
     assert err.value.key == key

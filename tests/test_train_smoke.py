@@ -51,6 +51,7 @@ def ddtrain(*args):
 def caches(tmp_path_factory):
     """Synthetic FinTabNet pages -> a train cache (several tables) and a val cache, 72 dpi (small images)."""
     from ddcache.build import BuildOptions, build_cache
+    from ddcache.resolution import Resolution
     from ddcache.synth import write_sample
 
     root = tmp_path_factory.mktemp("traincache")
@@ -59,7 +60,7 @@ def caches(tmp_path_factory):
     for split in ("train", "val"):
         out[split] = root / split
         build_cache(BuildOptions(dataset="fintabnet", source=str(root / "src"), split=split, out=str(out[split]),
-                                 workers=1, dpi=72), progress=False)
+                                 workers=1, resolution=Resolution(72)), progress=False)
     return out
 
 

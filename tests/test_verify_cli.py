@@ -8,13 +8,15 @@ import sys
 import pytest
 
 from ddcache.build import BuildOptions, build_cache
+from ddcache.resolution import Resolution
 from ddcache.store import CacheReader
 
 
 @pytest.fixture(scope="module")
 def cache(real_source, tmp_path_factory):
     out = tmp_path_factory.mktemp("v") / "cache"
-    build_cache(BuildOptions(dataset="fintabnet", source=str(real_source), split="val", out=str(out), workers=1, dpi=72), progress=False)
+    build_cache(BuildOptions(dataset="fintabnet", source=str(real_source), split="val", out=str(out), workers=1,
+                             resolution=Resolution(72)), progress=False)
     return out
 
 

@@ -7,6 +7,17 @@ of the wrong type raises :class:`ConfigError` with a one-line message naming
 the key. Lists may change length (e.g. another number of anchor sizes);
 their elements must keep the element type.
 
+Inheritance: a file whose top level has ``_BASE_: other.yaml`` (a path
+relative to that file) starts from ``other.yaml`` (which may have its own
+base) and states only its differences, so a variant cannot drift from the
+config it varies (``configs/item.yaml`` is ``cell.yaml`` plus the row/column
+anchors and NMS settings). Sections merge key by key; a list replaces the
+base's list.
+
+Keys the model does not read (:data:`UNREAD`) are accepted so that seed
+configs load unchanged, but a value other than the default makes
+:func:`load_config` warn (one line on stderr): it would change nothing.
+
 Key names follow the tensorpack / deepdoctection configs (FACTS.md §3) so a
 seed config reads the same here. Units: image sizes and anchor sizes/strides
 in pixels of the resized image; thresholds are IoUs; steps are global steps.
@@ -18,6 +29,8 @@ small test models), ``TRAIN.NUM_WORKERS``, ``TRAIN.SEED``,
 import ast
 import copy
 import math
+import sys
+from pathlib import Path
 
 import yaml
 
@@ -116,6 +129,15 @@ DEFAULTS = {
         "MAX_CHECKPOINTS": 10,
     },
 }
+
+# Known to the schema (seed configs carry them) but read by no part of this model; why, per key.
+UNREAD = {
+    "FPN.CONV_HEAD_DIM": "only convolutional box heads use it, and FPN.FRCNN_HEAD_FUNC is the 2fc head",
+    "RPN.ANCHOR_STRIDE": "single-level (non-FPN) models only; the FPN levels use FPN.ANCHOR_STRIDES",
+    "RPN.HEAD_DIM": "single-level (non-FPN) models only; the FPN RPN head has FPN.NUM_CHANNEL channels",
+    "RPN.CROWD_OVERLAP_THRESH": "caches hold no crowd boxes",
+}
+BASE_KEY = "_BASE_"
 
 CHOICES = {
     "TRAINER": ("replicated", "horovod"),
@@ -360,6 +382,66 @@ def _check_consistency(d):
         raise ConfigError("DATA.CATEGORIES: at least one category is needed")
 
 
+def _read_yaml(path):
+    """The mapping in YAML file ``path`` (an empty file is an empty mapping); ConfigError if it is not YAML."""
+    with open(path) as f:
+        try:
+            loaded = yaml.safe_load(f)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    loaded = {} if loaded is None else loaded
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections, got {_type_name(loaded)}")
+    return loaded
+
+
+def config_layers(path):
+    """``[(file, mapping), ...]`` for ``path`` and its ``_BASE_`` chain, the root base first.
+
+    Each mapping is the file's content without its ``_BASE_`` key. ConfigError
+    for a missing base, a base that is not a file name, or a cycle.
+    """
+    chain = []
+    path = Path(path)
+    while True:
+        if path.resolve() in [p.resolve() for p, _ in chain]:
+            names = " -> ".join(str(p) for p, _ in chain + [(path, None)])
+            raise ConfigError(f"{BASE_KEY} cycle: {names}")
+        loaded = _read_yaml(path)
+        base = loaded.pop(BASE_KEY, None)
+        chain.append((path, loaded))
+        if base is None:
+            return chain[::-1]
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"{path}: {BASE_KEY} must name a YAML file, got {base!r}")
+        base_path = path.parent / base
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: {BASE_KEY} {base}: no such file")
+        path = base_path
+
+
+def _flat(d, prefix=""):
+    """``{"SECTION.KEY": value}`` for the leaves of nested dict ``d``."""
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def unread_key_warnings(values):
+    """One line per :data:`UNREAD` key of nested dict ``values`` set to something other than its default."""
+    flat, defaults = _flat(values), _flat(DEFAULTS)
+    return [f"{key} = {flat[key]!r} has no effect: the model does not read it ({why})"
+            for key, why in UNREAD.items() if flat[key] != defaults[key]]
+
+
+def _print_warning(message):
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def _leaf(d, dotted):
     for part in dotted.split("."):
         d = d[part]
@@ -409,20 +491,25 @@ def _check_categories(names):
         raise ConfigError(f"DATA.CATEGORIES: {', '.join(repeated)} given more than once")
 
 
-def load_config(path=None, overrides=()):
-    """Defaults <- YAML file at ``path`` (optional) <- ``overrides`` (``"KEY.SUB=VALUE"`` strings).
+def load_config(path=None, overrides=(), warn=_print_warning):
+    """Defaults <- YAML file at ``path`` (optional; its ``_BASE_`` files first) <- ``overrides`` (``"KEY.SUB=VALUE"``).
 
     Returns a (not frozen) :class:`Config`. Raises :class:`ConfigError` (one
-    line, naming the key) on unknown keys, wrong types, bad choices.
+    line, naming the key; for a key in a base file also naming that file) on
+    unknown keys, wrong types, bad choices. ``warn`` receives one line per
+    key the model does not read that was given a non-default value
+    (:func:`unread_key_warnings`); default: printed to stderr.
     """
     values = copy.deepcopy(DEFAULTS)
     if path is not None:
-        with open(path) as f:
+        layers = config_layers(path)
+        for k, (file, loaded) in enumerate(layers):
             try:
-                loaded = yaml.safe_load(f) or {}
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        _merge(values, loaded, DEFAULTS)
+                _merge(values, loaded, DEFAULTS)
+            except ConfigError as exc:
+                if k == len(layers) - 1:
+                    raise
+                raise ConfigError(f"{file}: {exc}") from None  # the top file is named by the caller
     for text in overrides:
         parts, value = parse_override(text)
         nested = value
@@ -431,6 +518,8 @@ def load_config(path=None, overrides=()):
         _merge(values, nested, DEFAULTS)
     _check_consistency(values)
     _check_ranges(values)
+    for message in unread_key_warnings(values):
+        warn(message)
     return Config(values)
 
 
@@ -441,7 +530,6 @@ def load_user_config(config, overrides=()):
     ``ddcache.errors.UserError`` naming the file.
     """
     import os
-    from pathlib import Path
 
     from ddcache.errors import UserError
 

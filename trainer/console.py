@@ -122,7 +122,7 @@ class _KnownNoise:
 
     * forking map workers "may cause deadlock": the workers are forked before
       they touch TensorFlow and receive records over ZMQ only;
-    * ``python-prctl`` missing: ``ddcache.dataflow.LosslessMapDataZMQ`` sets
+    * ``python-prctl`` missing: ``ddcache.map_workers.LosslessMapDataZMQ`` sets
       ``PR_SET_PDEATHSIG`` itself.
     """
 

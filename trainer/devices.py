@@ -8,7 +8,7 @@ Three set-ups (FACTS.md §4):
   cache: rank 0 of 1);
 * Horovod (one process per GPU, possibly on many machines) ->
   ``HorovodTrainer``; every process reads its own disjoint part of the cache
-  (``rank``/``world`` of ``ddcache.dataflow.streaming_dataflow``), otherwise
+  (``rank``/``world`` of ``ddcache.source.CacheSource``), otherwise
   each step would see the same sample ``world`` times.
 
 Layout: NCHW everywhere (the reference's layout; TF 2.21 runs NCHW graphs on

@@ -93,23 +93,16 @@ def check_usable_boxes(paths, categories, probes=USABLE_PROBES):
 
 def resolution_shortfall(build_options, short_edge, max_size):
     """Why a cache built with ``build_options`` (manifest) is stored smaller than ``short_edge`` / ``max_size``
-    asks for, or None.
+    asks for, or None (``ddcache.resolution.Resolution.below``: only ``--dpi auto`` builds say it)."""
+    from ddcache.resolution import Resolution
 
-    Only ``--dpi auto`` builds say it: each table is stored with its short
-    edge <= ``max_short`` and long edge <= ``max_long`` pixels, so a smaller
-    bound than the one training resizes to means upsampling (blur) where the
-    bound is reached. A fixed dpi says nothing about pixel sizes.
-    """
-    if not isinstance(build_options, dict) or build_options.get("dpi", "auto") != "auto":
+    if not isinstance(build_options, dict):
         return None
-    stored_short, stored_long = build_options.get("max_short"), build_options.get("max_long")
-    if not isinstance(stored_short, (int, float)) or not isinstance(stored_long, (int, float)):
+    try:
+        resolution = Resolution.from_options(build_options)
+    except (TypeError, ValueError):  # not a resolution ddcache wrote
         return None
-    if stored_short >= short_edge and stored_long >= max_size:
-        return None
-    return (f"stored at most {int(stored_short)} px short edge / {int(stored_long)} px long edge, but the config "
-            f"resizes to up to {int(short_edge)} / {int(max_size)}: images will be upsampled (blurred); rebuild with "
-            f"--max-short {max(int(stored_short), int(short_edge))} --max-long {max(int(stored_long), int(max_size))}")
+    return resolution.below(short_edge, max_size)
 
 
 def resolution_warnings(train_paths, val_paths, cfg):

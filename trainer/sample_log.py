@@ -15,6 +15,8 @@ Unset (the default), :func:`record_reads` returns the dataflow unchanged.
 import os
 from pathlib import Path
 
+from ddcache.source import EncodedRecord
+
 ENV = "DDTRAIN_SAMPLE_LOG"
 
 
@@ -34,15 +36,16 @@ class _Recorder:
         if self._file is None:  # opened in the process that iterates (never inherited through fork)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", buffering=1, encoding="utf-8")
-        self._file.write(f"{item['epoch']} {item['index']} {item['key']}\n")
+        if isinstance(item, EncodedRecord):  # a CorruptRecord (no index) stops the run anyway
+            self._file.write(f"{item.epoch} {item.index} {item.key}\n")
         return item
 
 
 def record_reads(df, rank, environ=None):
     """``df`` wrapped so that each item it yields is logged (when ``DDTRAIN_SAMPLE_LOG`` is set), else ``df``.
 
-    ``df`` yields cache items or samples carrying ``epoch``, ``index`` and
-    ``key`` (``ddcache.dataflow.streaming_dataflow``).
+    ``df`` is the training source (``ddcache.source.CacheSource``): its
+    ``EncodedRecord`` s carry ``epoch``, ``index`` and ``key``.
     """
     directory = (os.environ if environ is None else environ).get(ENV)
     if not directory:

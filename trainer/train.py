@@ -15,7 +15,7 @@ What one call does, in order:
    step, LR schedule and epoch position continue; ``--weights`` is then
    ignored), else ``--weights`` loaded tolerantly (``trainer.weights``), else
    random initialisation seeded by ``TRAIN.SEED``.
-4. Data: ``ddcache.dataflow.streaming_dataflow`` (lazy LMDB reads, nothing
+4. Data: ``ddcache.source.CacheSource`` (lazy LMDB reads, nothing
    loaded up front, so the first step does not wait for a pass over the
    cache) -> ``trainer.train_data.build_train_dataflow`` -> ``QueueInput``.
 5. Callbacks (``trainer.callbacks``, ``trainer.guards``): a failure guard
@@ -216,22 +216,12 @@ def build_dataflow(cfg, train_paths, choice, workers, seed, failure, start_step=
     """
     from tensorpack.dataflow import RepeatedData
 
-    from ddcache.dataflow import streaming_dataflow
+    from ddcache.source import CacheSource
     from trainer.guards import FailureReport, StarvationCheck
     from trainer.sample_log import record_reads
     from trainer.train_data import build_train_dataflow
 
-    source = streaming_dataflow(
-        train_paths,
-        rank=choice.rank,
-        world=choice.world,
-        num_workers=0,
-        seed=seed,
-        shuffle=True,
-        decode=False,
-        categories=list(cfg.DATA.CATEGORIES),
-        with_provenance=False,
-    )
+    source = CacheSource(train_paths, rank=choice.rank, world=choice.world, seed=seed, shuffle=True)
     share = len(source)
     if share == 0:
         raise UserError(f"rank {choice.rank} of {choice.world} gets no training samples from "

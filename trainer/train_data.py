@@ -1,5 +1,12 @@
 """Decoded cache samples -> trainer datapoints (docs/CONTRACTS.md), and the training dataflow around it.
 
+The training dataflow is the read path of ``ddcache.dataflows`` with one more
+map step: ``CacheSource`` (read + checksum, this rank's share, in the
+training process) -> map workers running ``RecordDecoder`` then
+:class:`TrainingMapper` -> the consumer, which expands the compact output
+(:func:`expand_compact`). ``ddcache bench --config CFG`` measures exactly
+:func:`build_train_dataflow`.
+
 Config keys read (attribute access, e.g. ``cfg.PREPROC.MAX_SIZE``):
 
 - ``PREPROC.TRAIN_SHORT_EDGE_SIZE`` [lo, hi] px, ``PREPROC.MAX_SIZE`` px,
@@ -23,11 +30,10 @@ that built the dataflow, 1 + k in map worker k), so forked workers draw
 different augmentations and a run repeats with the same seed (never seeded
 by pid). For an explicit stream pass your own RandomState to :meth:`TrainingMapper.map`.
 
-Worker processes receive encoded records (``decode=False`` sources) or decoded
-samples, and send a compact form (uint8 image, the kept anchors' indices and
-boxes) that the consuming process expands (:func:`expand_compact`): shipping
-the dense ~25 MB datapoint instead costs ~50% more per datapoint
-(``benchmarks/anchor_matching.py``).
+Worker processes receive the small encoded records and send a compact form
+(uint8 image, the kept anchors' indices and boxes) that the consuming process
+expands (:func:`expand_compact`): shipping the dense ~25 MB datapoint instead
+costs ~50% more per datapoint (``benchmarks/anchor_matching.py``).
 """
 import os
 import time
@@ -92,8 +98,8 @@ def map_worker_index():
 class TrainingMapper:
     """Picklable callable: decoded sample dict -> datapoint list (module docstring), or None.
 
-    None (the sample has no box of a trained category left after clipping) is
-    what tensorpack's MapData / MultiProcessMapDataZMQ skip. With
+    None (the sample has no box of a trained category left after clipping)
+    means no datapoint (``ddcache.dataflows`` counts it as dropped). With
     ``compact=True`` a call returns the compact form of :func:`expand_compact`.
     """
 
@@ -133,20 +139,8 @@ class TrainingMapper:
             self._lookup = _label_lookup(self.train_ids)
 
     def __call__(self, sample):
-        """Map a decoded sample dict, or a raw cache item (``decode=False`` source), which is decoded here first.
-
-        Decoding in the mapper spreads it over the map workers and ships the
-        small encoded record to them instead of the decoded image. In compact
-        (worker) mode a corrupt record comes back as a report that
-        :func:`expand_compact` raises in the consumer (a worker must not raise).
-        """
+        """Map a decoded sample dict (``ddcache.decoding.RecordDecoder``) with this process's RandomState."""
         self.setup()
-        if "raw" in sample:
-            from ddcache.dataflow import decode_or_report, decode_sample
-
-            sample = decode_or_report(sample) if self.compact else decode_sample(sample)
-            if "__corrupt__" in sample:
-                return sample
         if self.compact:
             return self.map_compact(sample, self._rng)
         return self.map(sample, self._rng)
@@ -212,46 +206,42 @@ def expand_compact(compact):
     1200x1400 image), so worker processes send that over ZMQ and the
     consumer expands it.
     """
-    from ddcache.dataflow import raise_if_reported
-
-    image, fg, fg_boxes, bg, shapes, boxes, labels = raise_if_reported(compact)
+    image, fg, fg_boxes, bg, shapes, boxes, labels = compact
     dp = [image]
     for lvl_labels, lvl_boxes in dense_level_targets(fg, fg_boxes, bg, [tuple(s) for s in shapes]):
         dp += [lvl_labels, lvl_boxes]
     return dp + [boxes, labels]
 
 
-def build_train_dataflow(source_df, cfg, num_workers=0, seed=None):
-    """Training DataFlow: ``source_df`` mapped by :class:`TrainingMapper`.
+def build_train_dataflow(source, cfg, num_workers=0, seed=None):
+    """The training DataFlow over ``source`` (a ``ddcache.source.CacheSource``): one epoch of datapoints per ``__iter__``.
 
-    ``source_df`` yields decoded sample dicts, or raw cache items
-    (``streaming_dataflow(..., decode=False)``), then decoded by the mappers:
-    in the workers, where a corrupt record is re-raised in the consumer as
-    ``CorruptRecordError`` naming its key.
-
-    ``seed`` (default ``cfg.TRAIN.SEED``) seeds the mappers' RandomStates together with the worker index.
-    ``num_workers == 0`` maps in the calling process (``MapData``);
-    ``num_workers >= 1`` forks that many ``LosslessMapDataZMQ`` workers
-    (non-strict: an endless reordering of the repeated source, as training
-    wants), and the consumer expands their compact output (:func:`expand_compact`).
-    The buffer holds 2 datapoints per worker (at least 4): a compact 1408x1000
-    datapoint is ~5 MB (~25 MB expanded), so tensorpack's default of 200 would
-    hold gigabytes, while 2 per worker already hides a worker's jitter.
+    ``ddcache.dataflows.map_records(source, [RecordDecoder, TrainingMapper])``:
+    the decoder keeps the boxes of ``cfg.DATA.CATEGORIES`` (attributes and
+    provenance are not needed); ``num_workers == 0`` decodes and maps in the
+    calling process, ``num_workers >= 1`` in that many map workers, which
+    send the compact form that the consumer expands (:func:`expand_compact`).
+    A record that does not decode raises ``CorruptRecordError`` naming its
+    key in the consumer. Records without a box of a trained category give no
+    datapoint (counted in the returned stream's ``dropped``). ``seed``
+    (default ``cfg.TRAIN.SEED``) seeds the mappers' RandomStates together
+    with the worker index. The buffer holds 2 records per worker (at least 4): a
+    compact 1408x1000 datapoint is ~5 MB (~25 MB expanded), so tensorpack's
+    default of 200 would hold gigabytes, while 2 per worker already hides a
+    worker's jitter. Wrap in ``RepeatedData(df, -1)`` for an endless stream.
     """
-    from tensorpack.dataflow import MapData
-
-    from ddcache.dataflow import LosslessMapDataZMQ
+    from ddcache.dataflows import map_records
+    from ddcache.decoding import RecordDecoder
 
     if seed is None:
         seed = int(getattr(getattr(cfg, "TRAIN", None), "SEED", 0))
-
+    decoder = RecordDecoder(list(cfg.DATA.CATEGORIES), with_attributes=False, with_provenance=False)
     if num_workers <= 0:
-        return MapData(source_df, TrainingMapper(cfg, seed))
+        return map_records(source, [decoder, TrainingMapper(cfg, seed)])
     # Workers ship the compact form (uint8 image, sparse targets): pickling and copying the
     # dense float32 datapoint through ZMQ costs more than building it here.
-    workers = LosslessMapDataZMQ(source_df, num_proc=num_workers, map_func=TrainingMapper(cfg, seed, compact=True),
-                                     buffer_size=max(4, 2 * num_workers))
-    return MapData(workers, expand_compact)
+    return map_records(source, [decoder, TrainingMapper(cfg, seed, compact=True)], workers=num_workers,
+                       then=expand_compact, buffer_size=max(4, 2 * num_workers))
 
 
 def eval_preprocess(sample, cfg):

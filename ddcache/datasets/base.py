@@ -4,6 +4,12 @@ A reader turns one raw annotation line into a :class:`TableAnnotation` (in
 the dataset's own coordinates) and opens the page it lives on. Everything
 after that (rendering, cropping, encoding, storing) is dataset-independent.
 
+The build calls, in this order: ``check_source(source, split, options)``
+once; ``count_lines(source, split, options)`` once (the progress bar's total,
+may be None); ``annotation_lines(source, split, options)`` once; then, in
+worker processes, ``parse(line, options)`` and ``open_page(source,
+annotation)`` per line. ``options`` is a :class:`ReadOptions`.
+
 Annotation lines are untrusted input: every field a reader takes is checked
 here (:func:`parse_box`, :func:`text_field`, :func:`id_field`,
 :func:`cells_from_html`), so a malformed line becomes a counted skip with a
@@ -19,6 +25,23 @@ from ..grid import GridTooLargeError, StructureError, first_row_as_header, layou
 from ..input_limits import MAX_COORDINATE, MAX_GRID, MAX_LINE_BYTES
 from ..regular_file import open_regular
 from ..schema import INT64_MAX, MAX_TEXT
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read annotation lines (``ddcache build`` options; part of what decides a cache's records).
+
+    ``first_row_header``: mark grid row 0 as header (for datasets without
+    ``<thead>``); ``annotations``: which FinTabNet files, ``"table"``
+    (``table_*.jsonl``, with the table box) or ``"cell"`` (``cell_*.jsonl``:
+    the table box is the union of the cell boxes); ``max_line_bytes`` /
+    ``max_grid``: the input limits of ``input_limits.py``.
+    """
+
+    first_row_header: bool = False
+    annotations: str = "table"
+    max_line_bytes: int = MAX_LINE_BYTES  # longer lines are skipped as too_large (input_limits.py)
+    max_grid: int = MAX_GRID  # tables with more grid slots are skipped as too_large
 
 
 @dataclass
@@ -266,9 +289,13 @@ class DatasetReader:
     layout_help = ""
     raster = True  # raster sources are never upsampled by the automatic resolution
 
-    def check_source(self, source, split):
-        """Raise UserError (one line) if ``source`` does not look like this dataset."""
+    def check_source(self, source, split, options):
+        """Raise UserError (one line) if ``source`` does not look like this dataset or has no ``split``."""
         raise NotImplementedError
+
+    def count_lines(self, source, split, options):
+        """Annotation lines :meth:`annotation_lines` will yield, if cheap to know (progress bars); else None."""
+        return None
 
     def annotation_lines(self, source, split, options):
         """Yield :class:`AnnotationLine` for ``split`` in a fixed order."""
@@ -283,6 +310,7 @@ class DatasetReader:
         raise NotImplementedError
 
     def require_dir(self, source):
+        """``source`` as a Path; UserError if it is not a directory."""
         source = Path(source)
         if not source.is_dir():
             raise UserError(f"source directory {source} does not exist")

@@ -8,7 +8,6 @@ from pathlib import Path
 from ..errors import UserError
 from ..geometry import union
 from ..page import PdfPage
-from ..input_limits import MAX_GRID, MAX_LINE_BYTES
 from .base import (DatasetReader, SkipSample, TableAnnotation, cells_from_html, id_field, parse_box, read_jsonl,
                    safe_join, text_field)
 
@@ -31,32 +30,39 @@ class FinTabNetReader(DatasetReader):
     )
 
     def annotation_path(self, source, split, options):
-        kind = options.get("annotations", "table")
+        kind = options.annotations
         if kind not in ("table", "cell"):
             raise UserError(f"--annotations must be 'table' or 'cell', not {kind!r}")
         return Path(source) / _FILE.format(kind=kind, split=split)
 
-    def check_source(self, source, split, options=None):
+    def check_source(self, source, split, options):
         source = self.require_dir(source)
         if split not in self.splits:
             raise UserError(f"fintabnet has no split {split!r} (choose from {', '.join(self.splits)})")
-        path = self.annotation_path(source, split, options or {})
+        path = self.annotation_path(source, split, options)
         if not path.is_file():
             raise UserError(f"{path} not found: is {source} an unpacked FinTabNet directory? (see `ddcache describe fintabnet`)")
         if not (source / "pdf").is_dir():
             raise UserError(f"{source / 'pdf'} not found: FinTabNet PDFs are expected under pdf/")
 
+    def count_lines(self, source, split, options):
+        """Non-blank lines of the split's jsonl (one table each): a fast scan, no JSON parsing."""
+        try:
+            with open(self.annotation_path(source, split, options), "rb") as f:
+                return sum(1 for line in f if line.strip())
+        except OSError:
+            return None
+
     def annotation_lines(self, source, split, options):
         path = self.annotation_path(source, split, options)
-        yield from read_jsonl(path, path.name, options.get("max_line_bytes", MAX_LINE_BYTES))
+        yield from read_jsonl(path, path.name, options.max_line_bytes)
 
     def parse(self, line, options):
         rec = line.record
         if "html" not in rec:
             raise SkipSample("missing_field", "html")
         filename = text_field(rec, "filename")
-        cells, num_rows, num_cols = cells_from_html(rec["html"], options.get("first_row_header", False),
-                                                    options.get("max_grid", MAX_GRID))
+        cells, num_rows, num_cols = cells_from_html(rec["html"], options.first_row_header, options.max_grid)
         bbox = rec.get("bbox")
         if bbox is None:
             bbox = union([c.bbox for c in cells if c.bbox is not None])

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..page import RasterPage
-from ..input_limits import MAX_GRID, MAX_LINE_BYTES
 from .base import DatasetReader, SkipSample, TableAnnotation, cells_from_html, id_field, read_jsonl, safe_join, text_field
 
 _FILE = "PubTabNet_2.0.0.jsonl"
@@ -27,7 +26,7 @@ class PubTabNetReader(DatasetReader):
         "  PubTabNet_2.0.0.jsonl      one line per image, field `split` selects the split"
     )
 
-    def check_source(self, source, split, options=None):
+    def check_source(self, source, split, options):
         source = self.require_dir(source)
         if split not in self.splits:
             raise UserError(f"pubtabnet has no split {split!r} (choose from {', '.join(self.splits)})")
@@ -35,7 +34,7 @@ class PubTabNetReader(DatasetReader):
             raise UserError(f"{source / _FILE} not found: is {source} an unpacked PubTabNet directory?")
 
     def annotation_lines(self, source, split, options):
-        for line in read_jsonl(Path(source) / _FILE, _FILE, options.get("max_line_bytes", MAX_LINE_BYTES)):
+        for line in read_jsonl(Path(source) / _FILE, _FILE, options.max_line_bytes):
             if line.record is not None and line.record.get("split") != split:
                 continue  # other splits are not part of this build at all (not read, not skipped)
             yield line
@@ -45,7 +44,7 @@ class PubTabNetReader(DatasetReader):
         if "html" not in rec:
             raise SkipSample("missing_field", "html")
         filename, split = text_field(rec, "filename"), text_field(rec, "split")
-        cells, num_rows, num_cols = cells_from_html(rec["html"], max_grid=options.get("max_grid", MAX_GRID))
+        cells, num_rows, num_cols = cells_from_html(rec["html"], max_grid=options.max_grid)
         return TableAnnotation(
             source_file=f"{split}/{filename}",
             line_no=line.line_no,
