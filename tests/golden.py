@@ -183,7 +183,39 @@ def proposal_permutation(ours_boxes, ref_boxes):
     return perm
 
 
-class DdcacheRunner:
+class GraphRunner:
+    """One detector graph in its own session: its variables, the gradients of its total cost, weight loading.
+
+    Shared by :class:`DdcacheRunner` and ``tools/reference/reference_graph.py:ReferenceRunner``
+    so both sides of a comparison collect variables and gradients the same way.
+    """
+
+    def _collect(self, total_cost, training):
+        """Record the graph's variables and (when training) the non-None gradients of ``total_cost``; open a session."""
+        import tensorflow as tf
+
+        tf1 = tf.compat.v1
+        self.variables = {v.op.name: v for v in tf1.global_variables()}
+        self.grads = {}
+        if training:
+            trainable = tf1.trainable_variables()
+            grads = tf.gradients(total_cost, trainable)
+            self.grads = {v.op.name: g for v, g in zip(trainable, grads) if g is not None}
+        self.session = tf1.Session(graph=self.graph)
+
+    def shapes(self):
+        return {n: tuple(v.shape.as_list()) for n, v in self.variables.items()}
+
+    def load(self, weights):
+        with self.graph.as_default():
+            for name, var in self.variables.items():
+                var.load(weights[name], self.session)
+
+    def close(self):
+        self.session.close()
+
+
+class DdcacheRunner(GraphRunner):
     """ddcache's detector for one config and data format, in its own graph and session, filled with given weights.
 
     :meth:`infer` returns every endpoint of ``CascadeRCNN.endpoints`` plus the
@@ -207,21 +239,7 @@ class DdcacheRunner:
             self.inputs = {s.name: tf1.placeholder(s.dtype, s.shape, name=s.name) for s in specs}
             with TowerContext("", is_training=training):
                 self.model.build_graph(*[self.inputs[s.name] for s in specs])
-            self.variables = {v.op.name: v for v in tf1.global_variables()}
-            self.grads = {}
-            if training:
-                trainable = tf1.trainable_variables()
-                grads = tf.gradients(self.model.endpoints["total_cost"], trainable)
-                self.grads = {v.op.name: g for v, g in zip(trainable, grads) if g is not None}
-        self.session = tf1.Session(graph=self.graph)
-
-    def shapes(self):
-        return {n: tuple(v.shape.as_list()) for n, v in self.variables.items()}
-
-    def load(self, weights):
-        with self.graph.as_default():
-            for name, var in self.variables.items():
-                var.load(weights[name], self.session)
+            self._collect(self.model.endpoints.get("total_cost"), training)
 
     def infer(self, image):
         names = sorted(k for k in self.model.endpoints if not k.endswith("_loss") and k not in ("wd_cost", "total_cost"))
@@ -237,6 +255,3 @@ class DdcacheRunner:
             feed[self.inputs[f"anchor_boxes_lvl{lvl}"]] = boxes
         losses = {k: v for k, v in self.model.endpoints.items() if k.endswith("_loss") or k in ("wd_cost", "total_cost")}
         return self.session.run({"losses": losses, "grads": self.grads}, feed)
-
-    def close(self):
-        self.session.close()

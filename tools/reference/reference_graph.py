@@ -25,6 +25,8 @@ import os
 import sys
 import types
 
+from golden import GraphRunner  # tests/golden.py (the scripts here put tests/ on sys.path)
+
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 _PACKAGES = ("deepdoctection", "deepdoctection.utils", "deepdoctection.extern", "deepdoctection.extern.tp")
@@ -240,7 +242,7 @@ def build_reference(ref, rcfg, training):
     return model, placeholders, taps
 
 
-class ReferenceRunner:
+class ReferenceRunner(GraphRunner):
     """The reference graph for one config in its own graph and session (NCHW, as it is written).
 
     Same interface as ``tests/golden.py:DdcacheRunner``: :meth:`infer` returns
@@ -251,12 +253,10 @@ class ReferenceRunner:
     def __init__(self, ref, rcfg, training):
         import tensorflow as tf
 
-        tf1 = tf.compat.v1
         self.graph = tf.Graph()
         with self.graph.as_default():
             self.model, self.inputs, self.taps = build_reference(ref, rcfg, training)
-            self.variables = {v.op.name: v for v in tf1.global_variables()}
-            self.grads, self.losses = {}, {}
+            self.losses = {}
             if training:
                 get = self.graph.get_tensor_by_name
                 self.losses = {"rpn_label_loss": get("rpn_losses/label_loss:0"),
@@ -265,18 +265,7 @@ class ReferenceRunner:
                 for k in (1, 2, 3):
                     self.losses[f"stage{k}_label_loss"] = get(f"cascade_loss_stage{k}/fastrcnn_losses/label_loss:0")
                     self.losses[f"stage{k}_box_loss"] = get(f"cascade_loss_stage{k}/fastrcnn_losses/box_loss:0")
-                trainable = tf1.trainable_variables()
-                grads = tf.gradients(self.losses["total_cost"], trainable)
-                self.grads = {v.op.name: g for v, g in zip(trainable, grads) if g is not None}
-        self.session = tf1.Session(graph=self.graph)
-
-    def shapes(self):
-        return {n: tuple(v.shape.as_list()) for n, v in self.variables.items()}
-
-    def load(self, weights):
-        with self.graph.as_default():
-            for name, var in self.variables.items():
-                var.load(weights[name], self.session)
+            self._collect(self.losses.get("total_cost"), training)
 
     def infer(self, image):
         import numpy as np
@@ -295,9 +284,6 @@ class ReferenceRunner:
             feed[self.inputs[f"anchor_labels_lvl{lvl}"]] = labels
             feed[self.inputs[f"anchor_boxes_lvl{lvl}"]] = boxes
         return self.session.run({"losses": self.losses, "grads": self.grads}, feed)
-
-    def close(self):
-        self.session.close()
 
 
 def reference_anchor_inputs(ref, rcfg, image, gt_boxes):
