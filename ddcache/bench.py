@@ -194,9 +194,12 @@ def _pipeline_builder(config):
         from trainer.config import load_user_config
 
         cfg = load_user_config(config)
+    from trainer.console import quiet_library_loggers
+
     from .dataflows import map_records
     from .source import CacheSource
 
+    quiet_library_loggers()  # tensorpack's "fork may deadlock" warning is not benchmark output (as in ddtrain)
     if config is None:
         from .decoding import RecordDecoder
 
@@ -237,6 +240,9 @@ def _default_workers():
 def bench(caches, workers, seconds, epoch, config, as_json, seed):
     """Stream caches as training reads them (workers decode, or with --config preprocess as training does);
     print samples/s, time to first sample, peak RSS."""
+    from trainer.console import quiet_native_logs
+
+    quiet_native_logs()  # TensorFlow's C++ start-up lines (printed on import, whatever TF_CPP_MIN_LOG_LEVEL says)
     if workers is None:
         workers = _default_workers()
     r = run_bench(list(caches), workers=workers, seconds=seconds, epoch=epoch, seed=seed, config=config)

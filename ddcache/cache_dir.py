@@ -6,8 +6,10 @@
   one line. After a SIGKILL the kernel drops the lock; the stale file is
   simply locked again by the next build.
 * **``--overwrite`` deletes only what ddcache made**: a directory holding
-  nothing but cache files (:data:`CACHE_FILES`), i.e. a cache, a damaged
-  cache, or a ``.partial`` of one. Anything else is a one-line error.
+  nothing but cache files (:data:`CACHE_FILES`) and a manifest that says
+  ``"format": "ddcache"`` (another program's LMDB directory holds the same
+  ``data.mdb`` + ``lock.mdb``), or a ``.partial`` of one. Anything else is a
+  one-line error.
 * **Replacing a cache never leaves a gap or a stray copy**: the finished
   ``OUT.partial`` and the old ``OUT`` are swapped in one step
   (``renameat2(RENAME_EXCHANGE)``), so at every instant ``OUT`` is a complete
@@ -23,12 +25,13 @@ import ctypes
 import errno
 import fcntl
 import os
+import stat
 from pathlib import Path
 
 import lmdb
 
 from .errors import UserError
-from .manifest import MANIFEST_NAME, SKIP_REPORT_NAME
+from .manifest import MANIFEST_NAME, SKIP_REPORT_NAME, says_ddcache
 from .outputs import check_output, owned_by_us
 
 REPLACED = ".replaced-by-ddcache"
@@ -60,7 +63,13 @@ class BuildLock:
 
     def __enter__(self):
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:  # O_NOFOLLOW: never truncate a file a symlink named OUT.lock points to
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.EISDIR):
+                    raise
+                raise UserError(f"{self.path} is not a ddcache lock file (a symlink or a directory); remove it or "
+                                "choose another --out") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -75,6 +84,10 @@ class BuildLock:
             if same:  # else: the holder removed the file as we waited for it; lock the new one
                 break
             os.close(fd)
+        if not _is_lock_file(fd):
+            os.close(fd)
+            raise UserError(f"{self.path} is not a ddcache lock file (it holds other data); remove it or choose "
+                            "another --out")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
@@ -90,6 +103,16 @@ class BuildLock:
         self.fd = None
 
 
+def _is_lock_file(fd):
+    """True if the open file ``fd`` is a regular file that is empty or holds what BuildLock writes (a pid line):
+    a file of the user's that happens to be named OUT.lock is neither truncated nor deleted."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > 32:
+        return False
+    text = os.pread(fd, 32, 0)
+    return text.strip() == b"" or text.strip().isdigit()
+
+
 def prepare(out, overwrite):
     """Before a build writes ``out`` (call with the :class:`BuildLock` held).
 
@@ -102,7 +125,7 @@ def prepare(out, overwrite):
     for garbage in (partial_dir(out), _trash_dir(out)):
         if (garbage / REPLACED).exists() and owned_by_us(garbage, CACHE_FILES):
             remove_cache_dir(garbage)
-    check_output(out, "--out", overwrite=bool(overwrite), owned=(CACHE_FILES, "a ddcache cache"))
+    check_output(out, "--out", overwrite=bool(overwrite), owned=(CACHE_FILES, "a ddcache cache", says_ddcache))
     partial = partial_dir(out)
     if (partial.exists() or partial.is_symlink()) and not owned_by_us(partial, CACHE_FILES):
         raise UserError(f"{partial} is not an unfinished ddcache build (it holds other files); remove it or choose "
@@ -166,7 +189,8 @@ def write_failure(exc, partial):
 
     ENOSPC anywhere, and LMDB's "Input/output error" when the filesystem is
     (nearly) full: LMDB reports a short write, which is how a full disk shows
-    up in ``mdb_txn_commit``, as EIO. Committed batches stay valid, so the
+    up in ``mdb_txn_commit``, as EIO; LMDB's MemoryError (its map does not
+    fit an address-space limit). Committed batches stay valid, so the
     message says to re-run: the build resumes from the last commit.
     """
     text = str(exc)
@@ -177,6 +201,9 @@ def write_failure(exc, partial):
             return UserError(f"I/O error while writing {partial} ({text}); check the disk, then re-run to resume")
     if no_space:
         return UserError(f"no space left on device while writing {partial}; free space and re-run to resume")
+    if isinstance(exc, lmdb.MemoryError):  # mmap refused: an address-space limit (ulimit -v) below LMDB's map size
+        return UserError(f"cannot map {partial} into memory ({text}); LMDB maps 1 GiB or more of address space: "
+                         "raise the limit (ulimit -v), then re-run to resume")
     return None
 
 

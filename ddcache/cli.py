@@ -10,7 +10,7 @@ import sys
 import click
 
 from . import __version__
-from .errors import CorruptRecordError, UserError, WorkerDiedError
+from .errors import CorruptRecordError, UserError, WorkerDiedError, environment_error
 from .input_limits import MAX_GRID, MAX_LINE_BYTES, MAX_PIXELS
 from .interrupts import CommandInterrupted, bounded_interrupt, say_once
 from .outputs import check_output
@@ -270,8 +270,9 @@ _register_optional()
 
 
 def run_with_error_policy(group, prog):
-    """Run a click group, no tracebacks: user mistakes and bad data -> one line on stderr + exit 2, a dead worker
-    process -> one line + exit 1, Ctrl-C -> one line + exit 130.
+    """Run a click group, no tracebacks: user mistakes, bad data and environment failures (a full disk, a denied
+    permission: ``errors.environment_error``) -> one line on stderr + exit 2, a dead worker process -> one line +
+    exit 1, Ctrl-C -> one line + exit 130.
 
     A command that knows what Ctrl-C leaves behind raises
     ``CommandInterrupted`` with that line (``ddcache build``: where it
@@ -300,6 +301,12 @@ def run_with_error_policy(group, prog):
         sys.exit(130)
     except BrokenPipeError:
         os._exit(0)
+    except OSError as exc:
+        failure = environment_error(exc)
+        if failure is None:
+            raise
+        click.echo(f"{prog}: error: {failure}", err=True)
+        sys.exit(2)
 
 
 def run():

@@ -137,7 +137,7 @@ class CocoBuilder:
         self.category_ids = sorted(NAMES) if category_ids is None else sorted({int(c) for c in category_ids})
         self.categories = coco_categories(self.category_ids)  # validates the ids early
         # no timestamp by default: exports of the same cache stay byte-identical
-        self.info = dict(info) if info is not None else {"description": "ddcache export", "version": __version__}
+        self.info = dict(info) if info is not None else {"description": "ddcache export", "version": __version__}  # export.is_ddcache_export reads it
         self.images = []
         self.annotations = []
 

@@ -30,6 +30,10 @@ from .schema import (INT32_MAX, INT64_MAX, MAX_BOXES, MAX_FIELDS, MAX_IMAGE_PIXE
                      require_fields, require_flat_map, require_int, require_int_list, require_map,
                      require_str)
 
+# OpenCV logs a damaged PNG / JPEG on stderr ("[ WARN:0@0.01] global grfmt_png.cpp ... incomplete") on top of
+# the error it returns; that error becomes one CorruptRecordError / skip line, so its own line is noise.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
 RECORD_VERSION = 1
 _DTYPES = {"uint8", "int32", "int64", "float32", "float64"}
 _ITEMSIZE = {name: np.dtype(name).itemsize for name in _DTYPES}

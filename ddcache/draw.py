@@ -1,4 +1,6 @@
 """`ddcache show`: draw a sample's boxes by category, with a legend, so a person can trust a cache."""
+import math
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -15,6 +17,7 @@ STYLE = {  # category -> (colour, line width); rows/columns translucent so cells
     C.COLUMN: ("#ff7f0e", 1.2),
 }
 _FALLBACK = ("#9467bd", 1.0)
+MAX_DRAWN_PIXELS = 1 << 22  # drawings of larger images are subsampled (memory: matplotlib works in float64)
 
 
 def draw_boxes(image_bgr, boxes, category_ids, out_path, title="", categories=None, dpi=100):
@@ -27,9 +30,15 @@ def draw_boxes(image_bgr, boxes, category_ids, out_path, title="", categories=No
     if img.dtype != np.uint8:
         img = np.clip(img, 0, 255).astype(np.uint8)
     h, w = img.shape[:2]
-    fig = plt.figure(figsize=(max(4.0, w / dpi), max(3.0, h / dpi) + 0.6), dpi=dpi)
-    ax = fig.add_axes([0, 0, 1, h / (h + 0.6 * dpi)])
-    ax.imshow(img, interpolation="nearest")
+    # matplotlib resamples through float64 copies (24 bytes per pixel, several of them): a 5000 x 5000 page
+    # (within the record limit) needs over 1.5 GB. Larger images are drawn every `step`-th pixel; the boxes
+    # keep their pixel coordinates (``extent``), only the drawing is smaller.
+    step = max(1, math.ceil(math.sqrt(h * w / MAX_DRAWN_PIXELS)))
+    shown = img[::step, ::step]
+    dh, dw = shown.shape[:2]
+    fig = plt.figure(figsize=(max(4.0, dw / dpi), max(3.0, dh / dpi) + 0.6), dpi=dpi)
+    ax = fig.add_axes([0, 0, 1, dh / (dh + 0.6 * dpi)])
+    ax.imshow(shown, interpolation="nearest", extent=(0, w, h, 0))
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
     ax.axis("off")

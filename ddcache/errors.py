@@ -1,11 +1,21 @@
 """Errors with a one-line meaning: user mistakes, bad data, a broken pipeline.
 
 The CLI prints each as one line and exits non-zero, with no traceback
-(UserError and CorruptRecordError: exit 2, WorkerDiedError: exit 1); every
-other exception is a bug and keeps its traceback. Readers raise only these
-for anything a cache or raw dataset can contain (see ``schema``), so callers
-(``ddtrain``, the dataflows) can catch them by type.
+(UserError and CorruptRecordError: exit 2, WorkerDiedError: exit 1); so is
+an OSError the environment causes (:func:`environment_error`: a full disk, a
+permission, a name too long); every other exception is a bug and keeps its
+traceback. Readers raise only these for anything a cache or raw dataset can
+contain (see ``schema``), so callers (``ddtrain``, the dataflows) can catch
+them by type.
 """
+import errno
+import os
+
+# errno values that describe the machine or the paths given (fixable by the user), not a bug in ddcache
+ENVIRONMENT_ERRNOS = frozenset({
+    errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG,
+    errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EIO, errno.ENXIO,
+})
 
 
 class UserError(Exception):
@@ -44,3 +54,22 @@ class SkipSample(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+def environment_error(exc):
+    """A one-line UserError for an OSError the environment caused (:data:`ENVIRONMENT_ERRNOS`), else None.
+
+    Writing an output to a full disk, reading a file without permission or
+    naming a path longer than the filesystem allows ends with
+    ``PATH: No space left on device`` instead of a traceback; the command
+    that knows more (``ddcache build``: "re-run to resume") says so itself.
+    """
+    if not isinstance(exc, OSError) or exc.errno not in ENVIRONMENT_ERRNOS:
+        return None
+    where = exc.filename if exc.filename is not None else ""
+    if isinstance(where, bytes):
+        where = os.fsdecode(where)
+    where = str(where)
+    if len(where) > 200:
+        where = where[:100] + "..." + where[-60:]
+    return UserError(f"{where}: {exc.strerror or os.strerror(exc.errno)}" if where else (exc.strerror or str(exc)))

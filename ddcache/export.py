@@ -1,4 +1,6 @@
 """`ddcache export --format coco`: images + instances.json, so a cache can feed other frameworks and pycocotools."""
+import json
+import re
 import shutil
 from pathlib import Path
 
@@ -12,6 +14,28 @@ from .store import CacheReader
 
 _EXT = {"png": ".png", "jpeg": ".jpg"}
 EXPORT_NAMES = ("images", "instances.json")  # all an export directory holds: all --overwrite may delete
+_IMAGE_NAME = re.compile(r"\d{8}\.(png|jpg)")  # what export_coco names the images it writes
+_INFO = "ddcache export"  # CocoBuilder's info.description
+
+
+def is_ddcache_export(out_dir):
+    """True if ``out_dir`` (holding only EXPORT_NAMES) was written by :func:`export_coco`: its ``instances.json``
+    says ``"description": "ddcache export"``, or (an export killed before writing it) ``images/`` holds only
+    files named as export_coco names them. A COCO dataset of someone else's has the same two names."""
+    out_dir = Path(out_dir)
+    instances = out_dir / "instances.json"
+    if instances.exists():
+        try:
+            info = json.loads(instances.read_text(encoding="utf-8")).get("info", {})
+        except (OSError, ValueError, RecursionError, AttributeError):
+            return False
+        return isinstance(info, dict) and info.get("description") == _INFO
+    images = out_dir / "images"
+    try:
+        return images.is_dir() and not images.is_symlink() and all(
+            _IMAGE_NAME.fullmatch(e.name) and e.is_file(follow_symlinks=False) for e in images.iterdir())
+    except OSError:
+        return False
 
 
 def export_coco(caches, out_dir, category_ids=None, overwrite=False, progress=True):
@@ -24,7 +48,7 @@ def export_coco(caches, out_dir, category_ids=None, overwrite=False, progress=Tr
     reader = CacheReader(caches)
     out_dir = Path(out_dir)
     check_disjoint(out_dir, caches, "--out", "cache")
-    check_output(out_dir, "--out", overwrite=bool(overwrite), owned=(EXPORT_NAMES, "an export (images/ and instances.json)"))
+    check_output(out_dir, "--out", overwrite=bool(overwrite), owned=(EXPORT_NAMES, "an export (images/ and instances.json)", is_ddcache_export))
     if out_dir.exists():
         shutil.rmtree(out_dir)
     images = out_dir / "images"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from .input_limits import MAX_GRID
 
-_SPAN_RE = re.compile(r'\s*(rowspan|colspan)\s*=\s*"?(\d+)"?')
+_SPAN_RE = re.compile(r'\s*(rowspan|colspan)\s*=\s*"?([^"\s>]*)"?')  # any value: checked below, never misread
 MAX_SPAN_DIGITS = 9
 
 
@@ -82,6 +82,8 @@ def _parse_cells(tokens):
                 for name, value in _SPAN_RE.findall("".join(parts)):
                     if len(value) > MAX_SPAN_DIGITS:
                         raise StructureError(f"{name} {value[:12]}... is too long")
+                    if not (value.isascii() and value.isdigit()):  # "-3", "1.5", "٣": not read as some other span
+                        raise StructureError(f"{name}={value!r} is not a positive integer")
                     if name == "rowspan":
                         rs = int(value)
                     else:

@@ -118,6 +118,21 @@ def read_manifest(cache_dir):
         raise UserError(f"{path}: not a valid ddcache manifest ({exc})") from None
 
 
+def says_ddcache(cache_dir):
+    """True if ``cache_dir/manifest.json`` is a regular file holding a JSON object with ``"format": "ddcache"``.
+
+    What ``build --overwrite`` requires before it deletes a directory: a
+    cache of any schema version or content (even one readers refuse), but
+    not someone else's directory that merely uses the same file names.
+    """
+    try:
+        with open_regular(Path(cache_dir) / MANIFEST_NAME, max_bytes=MAX_MANIFEST_BYTES) as f:
+            manifest = json.loads(f.read())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+
+
 def check_manifest(manifest):
     """The manifest schema: ``manifest`` (parsed JSON) returned unchanged if valid, else SchemaError.
 

@@ -7,7 +7,10 @@
   resume into an existing output, such as ``ddtrain train --logdir``, only
   check the folder), and ``--overwrite`` deletes only a directory that holds
   nothing but what the command itself writes (``owned``): a cache's files for
-  ``build``, ``images/`` + ``instances.json`` for ``export``.
+  ``build``, ``images/`` + ``instances.json`` for ``export``, and that carries
+  the command's signature (a ddcache manifest, a ddcache ``instances.json``):
+  the names alone are common (any LMDB directory holds ``data.mdb`` +
+  ``lock.mdb``, any COCO dataset ``images/`` + ``instances.json``).
 * An output never overlaps an input (:func:`check_disjoint`: equal to,
   inside, or containing it), so a mistyped path cannot build into the raw
   dataset or export into the cache being read.
@@ -23,9 +26,10 @@ def check_output(path, option="--out", overwrite=None, owned=None):
 
     ``overwrite``: None = an existing ``path`` is fine (resume, append);
     False = an existing ``path`` is refused; True = it will be replaced.
-    ``owned``: ``(names, what)``: with ``overwrite`` True, an existing
+    ``owned``: ``(names, what, signed)``: with ``overwrite`` True, an existing
     ``path`` may be replaced only if it is a real directory whose entries are
-    all in ``names`` (:func:`owned_by_us`); ``what`` names it in the message.
+    all in ``names`` and, unless it is empty, for which ``signed(path)`` is
+    True (:func:`owned_by_us`); ``what`` names it in the message.
     """
     path = Path(path)
     parent = path.parent
@@ -35,21 +39,25 @@ def check_output(path, option="--out", overwrite=None, owned=None):
     exists = path.exists() or path.is_symlink()
     if overwrite is False and exists:
         raise UserError(f"{option} {path} already exists (use --overwrite to replace it)")
-    if overwrite and exists and owned is not None and not owned_by_us(path, owned[0]):
+    if overwrite and exists and owned is not None and not owned_by_us(path, owned[0], owned[2]):
         raise UserError(f"{option} {path} is not {owned[1]}: --overwrite replaces only {owned[1]} and will not delete "
                         "other files (remove it yourself or choose another path)")
     return path
 
 
-def owned_by_us(path, names):
-    """True if ``path`` is a real directory (not a symlink) whose entries are all in ``names`` (an empty one counts)."""
+def owned_by_us(path, names, signed=None):
+    """True if ``path`` is a real directory (not a symlink) whose entries are all in ``names`` (an empty one counts)
+    and, if it is not empty and ``signed`` is given, ``signed(path)`` recognises it as written by ddcache."""
     path = Path(path)
     if path.is_symlink() or not path.is_dir():
         return False
     try:
-        return set(os.listdir(path)) <= set(names)
+        entries = set(os.listdir(path))
     except OSError:
         return False
+    if not entries <= set(names):
+        return False
+    return not entries or signed is None or bool(signed(path))
 
 
 def check_disjoint(out, inputs, out_flag, input_flag):

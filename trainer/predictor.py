@@ -208,6 +208,8 @@ def predict(config_path, weights, images, out, score_thresh, overrides):
     missing = [p for p in images if not Path(p).is_file()]
     if missing:
         raise UserError(f"{missing[0]}: no such image")
+    for path in images:
+        _check_image_size(path)
     out_dir = check_output(out, "--out")
     resolve_weights(weights)  # a missing weights file is reported before TensorFlow builds anything
     overrides = tuple(overrides)
@@ -223,6 +225,24 @@ def predict(config_path, weights, images, out, score_thresh, overrides):
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()  # a failed run leaves no empty folder behind
         raise
+
+
+def _check_image_size(path):
+    """UserError unless ``path`` is a PNG / JPEG whose header declares at most ``MAX_IMAGE_PIXELS`` pixels (the
+    record limit: what a cache can hold, the model is trained on).
+
+    Read from the header before anything is decoded: a few KB of PNG can
+    declare 30000 x 30000 pixels (2.7 GB decoded, more inside the model).
+    """
+    from ddcache.image_header import HeaderError, file_image_size
+    from ddcache.schema import MAX_IMAGE_PIXELS
+
+    try:
+        h, w = file_image_size(path)
+    except (OSError, HeaderError) as exc:
+        raise UserError(f"{path}: not a readable PNG or JPEG image ({exc})") from None
+    if h * w > MAX_IMAGE_PIXELS:
+        raise UserError(f"{path}: {w}x{h} pixels, more than the limit of {MAX_IMAGE_PIXELS}")
 
 
 def _predict_images(predictor, images, out_dir, score_thresh, weights):

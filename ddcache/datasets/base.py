@@ -127,6 +127,24 @@ def read_jsonl(path, display_name, max_line_bytes=MAX_LINE_BYTES):
                 yield line
 
 
+def count_jsonl_lines(path):
+    """Non-blank lines of ``path`` (the progress bar's total), read in 1 MB pieces: a line of any length costs no
+    more memory than one piece (iterating the file object would hold a whole line); None if unreadable."""
+    count, blank = 0, True
+    try:
+        with open_regular(path) as f:
+            while True:
+                piece = f.readline(1 << 20)
+                if not piece:
+                    return count + (not blank)
+                blank = blank and not piece.strip()
+                if piece.endswith(b"\n"):
+                    count += not blank
+                    blank = True
+    except OSError:
+        return None
+
+
 def read_line(ref, max_line_bytes=MAX_LINE_BYTES):
     """The :class:`AnnotationLine` at ``ref`` (a :class:`LineRef` from :meth:`AnnotationLine.ref`), read again."""
     with open_regular(ref.path) as f:

@@ -8,8 +8,8 @@ from pathlib import Path
 from ..errors import UserError
 from ..geometry import union
 from ..page import PdfPage
-from .base import (DatasetReader, SkipSample, TableAnnotation, cells_from_html, id_field, parse_box, read_jsonl,
-                   safe_join, text_field)
+from .base import (DatasetReader, SkipSample, TableAnnotation, cells_from_html, count_jsonl_lines, id_field, parse_box,
+                   read_jsonl, safe_join, text_field)
 
 _FILE = "FinTabNet_1.0.0_{kind}_{split}.jsonl"
 
@@ -47,11 +47,7 @@ class FinTabNetReader(DatasetReader):
 
     def count_lines(self, source, split, options):
         """Non-blank lines of the split's jsonl (one table each): a fast scan, no JSON parsing."""
-        try:
-            with open(self.annotation_path(source, split, options), "rb") as f:
-                return sum(1 for line in f if line.strip())
-        except OSError:
-            return None
+        return count_jsonl_lines(self.annotation_path(source, split, options))
 
     def annotation_lines(self, source, split, options):
         path = self.annotation_path(source, split, options)
