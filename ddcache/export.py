@@ -33,7 +33,7 @@ def is_ddcache_export(out_dir):
     images = out_dir / "images"
     try:
         return images.is_dir() and not images.is_symlink() and all(
-            _IMAGE_NAME.fullmatch(e.name) and e.is_file(follow_symlinks=False) for e in images.iterdir())
+            _IMAGE_NAME.fullmatch(e.name) and not e.is_symlink() and e.is_file() for e in images.iterdir())
     except OSError:
         return False
 

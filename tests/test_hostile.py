@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -836,3 +837,168 @@ def test_bench_on_a_cache_with_a_corrupt_record_never_hangs(tmp_path):
     for _ in range(4):
         code, err = cli_child("bench", cache, "--workers", 2, "--epoch", timeout=120)
         assert code == 2 and "corrupt record '00000001'" in err and "Traceback" not in err, err[-2000:]
+        assert len(error_lines(err)) == 1, err[-2000:]  # no TensorFlow start-up lines, no tensorpack fork warning
+
+
+# ---------------------------------------------------------------- found by the second (black-box) attack run
+
+
+def test_overwrite_needs_a_ddcache_signature_not_just_the_file_names(real_source, good_cache, tmp_path, capsys):
+    """Was: any directory holding only ``data.mdb`` + ``lock.mdb`` (every LMDB database) or a ``manifest.json``,
+    and any COCO dataset of ``images/`` + ``instances.json``, was deleted by ``--overwrite``."""
+    import lmdb
+
+    foreign_lmdb = tmp_path / "their_lmdb"
+    env = lmdb.open(str(foreign_lmdb), map_size=1 << 20)
+    with env.begin(write=True) as txn:
+        txn.put(b"k", b"their data")
+    env.close()
+    foreign_manifest = tmp_path / "webapp"
+    foreign_manifest.mkdir()
+    (foreign_manifest / "manifest.json").write_text('{"name": "my app"}')
+    for mine in (foreign_lmdb, foreign_manifest):
+        before = _listing(mine)
+        code, _, err = cli(capsys, "build", "fintabnet", "--source", real_source, "--split", "val", "--out", mine,
+                           "--overwrite", "--quiet")
+        assert_one_line(code, err, 2, "not a ddcache cache")
+        assert _listing(mine) == before
+    coco = tmp_path / "coco"
+    (coco / "images").mkdir(parents=True)
+    (coco / "images" / "holiday.jpg").write_bytes(b"their photo")
+    (coco / "instances.json").write_text('{"info": {"description": "my dataset"}, "images": []}')
+    before = _listing(coco)
+    code, _, err = cli(capsys, "export", good_cache, "--out", coco, "--overwrite")
+    assert_one_line(code, err, 2, "not an export")
+    assert _listing(coco) == before
+    killed = tmp_path / "killed_export"  # an export killed before instances.json: still ours, replaced
+    (killed / "images").mkdir(parents=True)
+    (killed / "images" / "00000000.png").write_bytes(b"partial")
+    assert cli(capsys, "export", good_cache, "--out", killed, "--overwrite")[0] == 0
+    assert (killed / "instances.json").exists()
+
+
+def _listing(path):
+    return sorted((str(p.relative_to(path)), p.read_bytes() if p.is_file() else None) for p in Path(path).rglob("*"))
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink"])
+def test_a_user_file_named_out_lock_is_left_alone(kind, real_source, tmp_path, capsys):
+    """Was: the build truncated ``OUT.lock`` (or the file a symlink of that name points to) and deleted it."""
+    out, lock, target = tmp_path / "c", tmp_path / "c.lock", tmp_path / "notes.txt"
+    target.write_text("my notes")
+    if kind == "file":
+        os.rename(target, lock)
+        target = lock
+    else:
+        os.symlink(target, lock)
+    code, _, err = cli(capsys, "build", "fintabnet", "--source", real_source, "--split", "val", "--out", out, "--quiet")
+    assert_one_line(code, err, 2, "is not a ddcache lock file")
+    assert target.read_text() == "my notes" and (lock.exists() or lock.is_symlink()) and not out.exists()
+
+
+def test_environment_os_errors_are_one_line(good_cache, tmp_path, capsys, monkeypatch):
+    """Was: a traceback for a path longer than the filesystem allows (every command) and for a full disk while
+    ``export`` / ``show`` / ``sample`` write (the build alone had its "no space left" line)."""
+    import errno
+
+    from ddcache.coco import CocoBuilder
+
+    long = tmp_path / ("x" * 300)
+    for args in (("info", long), ("show", good_cache, "--out", str(long) + ".png"), ("export", good_cache, "--out", long),
+                 ("build", "fintabnet", "--source", tmp_path, "--out", long)):
+        code, _, err = cli(capsys, *args)
+        assert_one_line(code, err, 2, "File name too long")
+
+    def full_disk(self, path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(CocoBuilder, "write", full_disk)
+    code, _, err = cli(capsys, "export", good_cache, "--out", tmp_path / "e")
+    assert_one_line(code, err, 2, "instances.json: No space left on device")
+
+
+def test_a_build_under_an_address_space_limit_is_one_line(tmp_path):
+    """Was: ``lmdb.MemoryError`` traceback (LMDB maps 1 GiB) under ``ulimit -v``; now the re-run-to-resume line."""
+    import lmdb
+
+    from ddcache.cache_dir import write_failure
+
+    failure = write_failure(lmdb.MemoryError(f"{tmp_path}/c.partial: Cannot allocate memory"), tmp_path / "c.partial")
+    assert isinstance(failure, UserError) and "ulimit -v" in str(failure) and "re-run to resume" in str(failure)
+
+
+def test_show_draws_a_large_image_subsampled(tmp_path, monkeypatch):
+    """Was: a 5000 x 5000 record (within the record limit) made matplotlib allocate float64 copies: MemoryError
+    traceback under a 1.5 GB limit. Drawings of large images are subsampled; the boxes keep their coordinates."""
+    import cv2
+
+    from ddcache import draw
+
+    monkeypatch.setattr(draw, "MAX_DRAWN_PIXELS", 1 << 16)
+    image = np.full((1000, 2000, 3), 255, np.uint8)
+    counts = draw.draw_boxes(image, np.array([[10, 10, 1990, 990]], np.float32), np.array([2]), tmp_path / "d.png")
+    drawn = cv2.imread(str(tmp_path / "d.png"))
+    assert counts == {2: 1} and drawn.shape[1] < 1000  # 2000 px wide without the subsampling
+
+
+def test_opencv_warnings_do_not_reach_stderr(capfd):
+    """Was: a damaged PNG gave OpenCV's ``[ WARN:0@...] global grfmt_png.cpp ...`` line besides the error line."""
+    payload = _payload()
+    payload["image"]["data"] = payload["image"]["data"][:60]
+    capfd.readouterr()
+    with pytest.raises(CorruptRecordError, match="do not decode"):
+        decode_record("00000001", msgpack.packb(payload, use_bin_type=True))
+    assert capfd.readouterr().err == ""
+
+
+def test_show_and_export_verify_checksums(tmp_path, capsys):
+    """Was: ``show`` and ``export`` (which copies image bytes without decoding them) read a record whose bytes
+    fail the checksum without noticing; export wrote the damaged image, exit 0."""
+    from cache_factory import corrupt_record
+
+    cache = make_cache(tmp_path / "c", 2)
+    key = corrupt_record(cache, 1)
+    for args in (("show", cache, "--index", 1, "--out", tmp_path / "s.png"), ("export", cache, "--out", tmp_path / "e")):
+        code, _, err = cli(capsys, *args)
+        assert_one_line(code, err, 2, f"corrupt record '{key}': checksum mismatch")
+
+
+def test_counting_annotation_lines_holds_one_piece_of_a_long_line(tmp_path):
+    """Was: the progress bar's line count iterated the file (a 200 MB line without a newline: 442 MB RSS)."""
+    import tracemalloc
+
+    from ddcache.datasets.base import count_jsonl_lines
+
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"a": 1}\n\n  \n' + b"x" * (16 << 20) + b"\n{}")
+    tracemalloc.start()
+    try:
+        assert count_jsonl_lines(path) == 3
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, peak  # iterating the file holds the whole 16 MB line
+
+
+@pytest.mark.parametrize("value", ["-3", "1.5", "\u0663", "0x10", "'2'"])
+def test_span_values_other_than_plain_integers_are_bad_structure(value):
+    """Was: ``colspan="-3"`` / ``"1.5"`` were read as 1 (or 1 of "1.5", 3 of an Arabic-Indic digit), silently."""
+    from ddcache.grid import StructureError, layout
+
+    tokens = ["<table>", "<tr>", "<td", f' colspan="{value}"' if "'" not in value else f" colspan={value}", ">", "</td>",
+              "</tr>", "</table>"]
+    with pytest.raises(StructureError, match="not a positive integer"):
+        layout(tokens)
+
+
+def test_predict_refuses_a_huge_image_from_its_header(tmp_path):
+    """Was: a few-KB PNG declaring 30000 x 30000 pixels was decoded and run through the model (5.8 GB, exit 0)."""
+    from click.testing import CliRunner
+
+    from trainer.predictor import predict
+
+    image = tmp_path / "huge.png"
+    image.write_bytes(_huge_white_png(30000, 30000))
+    r = CliRunner().invoke(predict, ["--config", "configs/tiny.yaml", "--weights", str(tmp_path / "none"), "--image",
+                                     str(image), "--out", str(tmp_path / "p")])
+    assert isinstance(r.exception, UserError) and "30000x30000 pixels, more than the limit" in str(r.exception)
