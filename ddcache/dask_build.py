@@ -28,7 +28,6 @@ import dataclasses
 import json
 import os
 import pickle
-import shutil
 import signal
 import socket
 import subprocess
@@ -37,7 +36,10 @@ import time
 import uuid
 from pathlib import Path
 
+from .cache_dir import CACHE_FILES, remove_cache_dir
 from .errors import UserError
+from .manifest import says_ddcache
+from .outputs import check_output
 from .shard_set import shard_dir_name, shard_entries
 
 RETRIES = 2
@@ -99,7 +101,7 @@ def plan(opts, parent, count):
     if (parent / "manifest.json").is_file():
         if not opts.overwrite:
             raise UserError(f"{parent} is a single cache; use --overwrite to replace it with {count} shards")
-        shutil.rmtree(parent)
+        _remove_cache(parent)
         entries = []
     stray = [(i, n, path) for i, n, path, _ in entries if n != count]
     if stray and not opts.overwrite:
@@ -108,12 +110,22 @@ def plan(opts, parent, count):
     if opts.overwrite:
         for _, n, path, finished in entries:
             if finished or n != count:
-                shutil.rmtree(path)
+                _remove_cache(path)
     todo = []
     for index in range(count):
         if finished_summary(shard_options(opts, parent, index, count)) is None:
             todo.append(index)
     return todo
+
+
+def _remove_cache(path):
+    """Delete the cache (or ``.partial`` shard) ``path`` for ``--overwrite``, by the rule of a serial build
+    (``cache_dir``): only a directory of cache files with a ddcache manifest; anything else is a UserError and
+    is left alone (was: ``rmtree`` of any ``--out`` holding some ``manifest.json``, the user's other files too)."""
+    path = Path(path)
+    signed = None if path.name.endswith(".partial") else says_ddcache
+    check_output(path, "--out", overwrite=True, owned=(CACHE_FILES, "a ddcache cache", signed))
+    remove_cache_dir(path)
 
 
 # ---------------------------------------------------------------- worker side

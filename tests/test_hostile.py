@@ -1002,3 +1002,25 @@ def test_predict_refuses_a_huge_image_from_its_header(tmp_path):
     r = CliRunner().invoke(predict, ["--config", "configs/tiny.yaml", "--weights", str(tmp_path / "none"), "--image",
                                      str(image), "--out", str(tmp_path / "p")])
     assert isinstance(r.exception, UserError) and "30000x30000 pixels, more than the limit" in str(r.exception)
+
+
+def test_dask_overwrite_deletes_only_ddcache_caches(tmp_path):
+    """Was: ``build --dask ... --overwrite`` ran ``rmtree(--out)`` when --out held any ``manifest.json`` (the
+    user's other files with it), and ``rmtree`` of any ``shard-I-of-N`` directory."""
+    from types import SimpleNamespace
+
+    from ddcache.dask_build import plan
+
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "manifest.json").write_text('{"name": "my app"}')
+    (mine / "thesis.tex").write_text("years of work")
+    shards = tmp_path / "shards"
+    (shards / "shard-0-of-2").mkdir(parents=True)
+    (shards / "shard-0-of-2" / "manifest.json").write_text('{"format": "ddcache"}')
+    (shards / "shard-0-of-2" / "notes.txt").write_text("mine")
+    for parent in (mine, shards):
+        before = _listing(parent)
+        with pytest.raises(UserError, match="is not a ddcache cache"):
+            plan(SimpleNamespace(overwrite=True), parent, 3)
+        assert _listing(parent) == before
