@@ -1024,3 +1024,16 @@ def test_dask_overwrite_deletes_only_ddcache_caches(tmp_path):
         with pytest.raises(UserError, match="is not a ddcache cache"):
             plan(SimpleNamespace(overwrite=True), parent, 3)
         assert _listing(parent) == before
+
+
+@pytest.mark.parametrize("files", ['"ab"', "[5]", "[null]"])
+def test_sample_overwrite_with_a_hostile_marker_deletes_nothing(files, tmp_path, capsys):
+    """Was: ``"files": "ab"`` deleted the user's files ``a`` and ``b`` (a string iterates as names); ``[5]`` was a
+    TypeError traceback."""
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "ddcache_sample.json").write_text('{"files": %s}' % files)
+    (out / "a").write_text("mine")
+    code, _, err = cli(capsys, "sample", "fintabnet", "--out", out, "--overwrite")
+    assert_one_line(code, err, 2, "is unreadable")
+    assert (out / "a").read_text() == "mine"

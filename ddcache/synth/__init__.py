@@ -55,7 +55,9 @@ def _clear_previous_sample(out, overwrite):
         raise UserError(f"--out {out} already holds a sample (use --overwrite to replace it)")
     try:
         files = json.loads(marker.read_text())["files"]
-    except (ValueError, KeyError, TypeError):
+        if not (isinstance(files, list) and all(isinstance(name, str) and name for name in files)):
+            raise TypeError("files is not a list of file names")
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise UserError(f"{marker} is unreadable: delete the folder yourself if it is a sample") from None
     root = out.resolve()
     folders = set()
