@@ -64,5 +64,9 @@ def export_coco(caches, out_dir, category_ids=None, overwrite=False, progress=Tr
             cv2.imwrite(str(images / name), decode_image(enc))
         builder.add(sample, f"images/{name}")
     coco = builder.to_dict()
-    builder.write(out_dir / "instances.json")
+    try:
+        builder.write(out_dir / "instances.json")
+    except BaseException:  # e.g. a full disk: no half-written instances.json, so --overwrite still knows the export
+        (out_dir / "instances.json").unlink(missing_ok=True)
+        raise
     return len(coco["images"]), len(coco["annotations"])
