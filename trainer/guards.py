@@ -9,7 +9,9 @@ A run must not continue (or be saved) after:
   queue, and the loop would end as if training had finished normally (exit 0
   and a checkpoint);
 * a map worker that died (killed, out of memory): its requests are never
-  answered and the step waits forever;
+  answered and the step would wait forever (``ddcache.map_workers`` checks
+  its workers while it waits and raises ``WorkerDiedError``, which
+  :class:`FailureReport` records like any input error);
 * an input that yields no datapoint at all (every box NaN, outside its image
   or of a category that is not trained): the map drops every sample and the
   first step waits forever.
@@ -20,7 +22,6 @@ current step, ``trainer.callbacks.CheckpointSaver`` refuses to save, and
 ``trainer.train.train_main`` raises ``TrainingFailed`` with the reason.
 """
 import math
-import os
 import threading
 
 from tensorpack.callbacks import Callback
@@ -128,15 +129,6 @@ class _Counted(ProxyDataFlow):
             yield dp
 
 
-def map_worker_processes(df):
-    """The worker processes (``multiprocessing.Process``) of every tensorpack ZMQ map in the ``.ds`` chain of ``df``."""
-    procs, node = [], df
-    while node is not None:
-        procs += list(getattr(node, "_procs", None) or [])
-        node = getattr(node, "ds", None)
-    return procs
-
-
 def stop_map_workers(df):
     """Terminate the map workers of ``df`` now (at the end of a run) and leave its ZMQ sockets alone.
 
@@ -196,63 +188,3 @@ class FailureGuard(Callback):
             if self.failure.step is None:
                 self.failure.step = self.global_step
             raise StopTraining(self.failure.reason)
-
-
-class MapWorkerWatch(Callback):
-    """Records a map worker's death and closes the input queue, so a step waiting for its data returns.
-
-    A daemon thread waits on the workers' process sentinels (no polling) from
-    the start of training to its end. ``processes`` is called in
-    ``before_train``, after the input source has started the workers.
-    ``queue_input`` is the run's ``QueueInput`` (its queue is closed, which
-    ends a blocked dequeue once the queue is empty; :class:`FailureGuard`
-    stops the run at the next step otherwise).
-    """
-
-    _chief_only = False
-
-    def __init__(self, processes, failure, queue_input):
-        self._processes = processes
-        self.failure = failure
-        self._queue_input = queue_input
-        self._stop_r = self._stop_w = None
-
-    def _setup_graph(self):
-        self._close_queue = self._queue_input.queue.close(cancel_pending_enqueues=True)
-
-    def _before_train(self):
-        procs = list(self._processes())
-        if not procs:
-            return
-        self._stop_r, self._stop_w = os.pipe()
-        sess = self.trainer.sess
-        threading.Thread(target=self._watch, args=(procs, sess), name="map-worker-watch", daemon=True).start()
-
-    def _watch(self, procs, sess):
-        from multiprocessing.connection import wait
-
-        by_sentinel = {p.sentinel: (k, p) for k, p in enumerate(procs)}
-        try:
-            ready = wait(list(by_sentinel) + [self._stop_r])
-        finally:
-            os.close(self._stop_r)
-        if self._stop_r in ready:
-            return
-        k, proc = by_sentinel[ready[0]]
-        proc.join(timeout=1)
-        code = proc.exitcode
-        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        if self.failure.record(f"map worker {k} (pid {proc.pid}) died ({how})"):
-            try:
-                sess.run(self._close_queue)
-            except Exception:  # the session may be closing already: the loop is ending anyway
-                pass
-
-    def _after_train(self):
-        if self._stop_w is not None:
-            try:
-                os.write(self._stop_w, b"x")  # ends the watch's wait
-            except BrokenPipeError:  # the watch has returned already (a worker died)
-                pass
-            os.close(self._stop_w)
-            self._stop_w = None

@@ -402,7 +402,7 @@ def _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_ev
     from trainer import callbacks as cbs
     from trainer import devices
     from trainer.console import quiet_library_loggers
-    from trainer.guards import FailureGuard, MapWorkerWatch, RunFailure, map_worker_processes, stop_map_workers
+    from trainer.guards import FailureGuard, RunFailure, stop_map_workers
     from trainer.model.detector import CascadeRCNN
 
     quiet_library_loggers(verbose)
@@ -435,7 +435,6 @@ def _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_ev
                                       device=0 if choice.num_gpus else -1, echo=echo, failure=failure)
     callbacks = [
         FailureGuard(failure),  # first: no later callback of a failed step sees its state
-        MapWorkerWatch(lambda: map_worker_processes(df), failure, queue_input),
         cbs.WarmupStepLR(cbs.lr_function(cfg, choice.total_devices)),
         PeriodicTrigger(saver, every_k_epochs=int(cfg.TRAIN.CHECKPOINT_PERIOD)),
         evaluation,
