@@ -208,9 +208,9 @@ def predict(config_path, weights, images, out, score_thresh, overrides):
     missing = [p for p in images if not Path(p).is_file()]
     if missing:
         raise UserError(f"{missing[0]}: no such image")
+    out_dir = check_output(out, "--out")
     for path in images:
         _check_image_size(path)
-    out_dir = check_output(out, "--out")
     resolve_weights(weights)  # a missing weights file is reported before TensorFlow builds anything
     overrides = tuple(overrides)
     if score_thresh is not None and score_thresh < load_user_config(config_path, overrides).OUTPUT.RESULT_SCORE_THRESH:
@@ -240,7 +240,7 @@ def _check_image_size(path):
     try:
         h, w = file_image_size(path)
     except (OSError, HeaderError) as exc:
-        raise UserError(f"{path}: not a readable PNG or JPEG image ({exc})") from None
+        raise UserError(f"{path}: not an image (a PNG or JPEG expected: {exc})") from None
     if h * w > MAX_IMAGE_PIXELS:
         raise UserError(f"{path}: {w}x{h} pixels, more than the limit of {MAX_IMAGE_PIXELS}")
 
