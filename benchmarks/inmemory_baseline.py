@@ -4,8 +4,8 @@ Run as a script so its peak RSS can be measured on its own:
 ``python benchmarks/inmemory_baseline.py SOURCE SPLIT N DPI`` prints JSON with
 tables/s and the number of bytes held.
 """
+import argparse
 import json
-import sys
 import time
 
 import numpy as np
@@ -39,10 +39,15 @@ def load_all(source, split, limit, dpi=200):
     return data
 
 
-def main():
-    source, split, limit, dpi = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("source", help="a FinTabNet folder (raw layout)")
+    p.add_argument("split", help="train / val / test")
+    p.add_argument("limit", type=int, help="how many tables to load")
+    p.add_argument("dpi", type=float, help="render resolution of the full pages")
+    args = p.parse_args(argv)
     t0 = time.perf_counter()
-    data = load_all(source, split, limit, dpi)
+    data = load_all(args.source, args.split, args.limit, args.dpi)
     seconds = time.perf_counter() - t0
     held = sum(c.nbytes for c, _ in data)
     print(json.dumps({"tables": len(data), "seconds": seconds, "tables_per_s": len(data) / seconds, "held_mb": held / 1e6}))

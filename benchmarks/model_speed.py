@@ -3,15 +3,17 @@
     python benchmarks/model_speed.py --reference CHECKOUT [--config configs/cell.yaml] [--rounds 5]
 
 ``CHECKOUT`` holds deepdoctection v.0.46.2's ``deepdoctection/`` package (see
-``tools/reference/README.md``). All graphs are built in this process with the
-same seeded weights, on the same table image resized as for inference
-(training: the same image, gt boxes and RPN anchor inputs). Runs are
+``tools/reference/README.md``). The graphs are the ones the equivalence
+proof compares (``tests/golden.py:DdcacheRunner``,
+``tools/reference/reference_graph.py:ReferenceRunner``), built in this
+process with the same seeded weights, on the same table image resized as for
+inference (training: the same image, gt boxes and RPN anchor inputs). Runs are
 interleaved -- reference, ddcache NCHW, ddcache NHWC, then again -- for
 ``--rounds`` rounds after a warm-up, so load on this shared machine hits all
 of them alike; the figure is the ratio of medians, ddcache / reference (<= 1 is
-the target). A training step here is forward + backward + the optimizer's
-update (momentum, no gradient accumulation, so every step does the same work).
-Saves ``benchmarks/results/model_speed.{json,md}``.
+the target). A training step here is forward + backward + a momentum update
+(no gradient accumulation, so every step does the same work); inference
+fetches the final detections only. Saves ``benchmarks/results/model_speed.{json,md}``.
 """
 import argparse
 import json
@@ -20,135 +22,132 @@ import statistics
 import sys
 import time
 
-import numpy as np
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.join(ROOT, "tools", "reference")]
-
-import trainer  # noqa: E402,F401
-import tensorflow as tf  # noqa: E402
-
-tf1 = tf.compat.v1
+KINDS = ("reference", "NCHW", "NHWC")
 
 
-def build(kind, cfg, rcfg, ref, training):
-    """(graph, fetch, feed builder) for 'reference' or a ddcache data format."""
-    from compare import build_ours, reference_losses  # noqa: F401
-    from reference_graph import build_reference
-
-    graph = tf.Graph()
-    with graph.as_default():
-        if kind == "reference":
-            model, ph, taps = build_reference(ref, rcfg, training)
-            cost = taps.tensors.get("total_cost")
-            out = cost if training else [graph.get_tensor_by_name(f"output/{n}:0") for n in ("boxes", "scores", "labels")]
-            image_dtype = np.float32
-        else:
-            graph, model, ph = build_ours(cfg, kind, training)
-            with graph.as_default():
-                cost = model.endpoints.get("total_cost")
-            out = cost if training else [graph.get_tensor_by_name(f"output/{n}:0") for n in ("boxes", "scores", "labels")]
-            image_dtype = np.uint8
-        with graph.as_default():
-            if training:
-                opt = tf1.train.MomentumOptimizer(1e-3, 0.9)
-                out = [cost, opt.minimize(cost)]
-            init = tf1.global_variables_initializer()
-    return graph, ph, out, init, image_dtype
-
-
-def main(argv=None):
-    from compare import anchor_inputs, reference_inference_resize
-    from golden import seeded_weights
-    from reference_graph import import_reference, reference_config
-
-    from trainer.config import load_config
-
+def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--reference", required=True)
+    p.add_argument("--reference", required=True, help="directory holding deepdoctection v.0.46.2's deepdoctection/")
     p.add_argument("--config", default=os.path.join(ROOT, "configs", "cell.yaml"))
     p.add_argument("--image", default=os.path.join(ROOT, "tests", "data", "golden_table.png"),
                    help="table image (default: the golden test's synthetic FinTabNet crop)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out", default=os.path.join(HERE, "results", "model_speed"))
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
+
+def cell_grid(h, w):
+    """gt: a grid of 80 cell-like boxes over the image, so every cascade stage has foreground."""
+    import numpy as np
+
+    xs, ys = np.linspace(10, w - 60, 8), np.linspace(10, h - 30, 10)
+    return np.array([[x, y, x + 50, y + 18] for x in xs for y in ys], np.float32)
+
+
+def prepared_runner(kind, cfg, ref, rcfg, training):
+    """(runner, fetches) for one graph, filled with the seeded weights; training fetches include a momentum update."""
+    import tensorflow as tf
+    from golden import DdcacheRunner, seeded_weights
+    from reference_graph import ReferenceRunner
+
+    tf1 = tf.compat.v1
+    runner = ReferenceRunner(ref, rcfg, training) if kind == "reference" else DdcacheRunner(cfg, kind, training)
+    fetches = runner.outputs()
+    if training:
+        with runner.graph.as_default():
+            opt = tf1.train.MomentumOptimizer(1e-3, 0.9)
+            update = opt.apply_gradients([(g, runner.variables[n]) for n, g in sorted(runner.grads.items())])
+            runner.session.run(tf1.variables_initializer(opt.variables()))
+        fetches = [runner.total_cost, update]
+    runner.load(seeded_weights(runner.shapes(), 0))
+    return runner, fetches
+
+
+def measure(args):
     import logging
 
     import cv2
+    import numpy as np
+    import tensorflow as tf
     from tensorpack.utils import logger
 
-    logger._logger.setLevel(logging.ERROR)
+    from reference_graph import import_reference, reference_anchor_inputs, reference_config
+    from trainer.config import load_config
+    from trainer.preprocessing import eval_resize
+
+    logger._logger.setLevel(logging.ERROR)  # the reference's freeze_variables warns once per frozen variable
     ref = import_reference(args.reference)
     cfg = load_config(args.config)
     rcfg = reference_config(ref, cfg)
-    raw = cv2.imread(args.image)
-    image = reference_inference_resize(raw, cfg.PREPROC.SHORT_EDGE_SIZE, int(rcfg.PREPROC.MAX_SIZE))
-    # gt: a grid of cell-like boxes over the image, so every stage has foreground
-    h, w = image.shape[:2]
-    xs, ys = np.linspace(10, w - 60, 8), np.linspace(10, h - 30, 10)
-    gt = np.array([[x, y, x + 50, y + 18] for x in xs for y in ys], np.float32)
-    levels = anchor_inputs(ref, rcfg, image, gt)
-    kinds = ["reference", "NCHW", "NHWC"]
+    raw = cv2.imread(args.image, cv2.IMREAD_COLOR)
+    if raw is None:
+        raise SystemExit(f"model_speed: cannot read {args.image}")
+    image = eval_resize(raw, cfg.PREPROC.SHORT_EDGE_SIZE, int(rcfg.PREPROC.MAX_SIZE))[0]
+    gt = cell_grid(*image.shape[:2])
+    gt_labels = np.ones(len(gt), np.int64)
+    levels = reference_anchor_inputs(ref, rcfg, image, gt)
     results = {}
     for mode in ("inference", "training"):
         training = mode == "training"
         runs = {}
-        for kind in kinds:
-            graph, ph, out, init, image_dtype = build(kind, cfg, rcfg, ref, training)
-            sess = tf1.Session(graph=graph)
-            sess.run(init)
-            with graph.as_default():
-                weights = seeded_weights({v.op.name: v.shape.as_list() for v in tf1.global_variables()
-                                          if "Momentum" not in v.op.name}, 0)
-                for v in tf1.global_variables():
-                    if v.op.name in weights:
-                        v.load(weights[v.op.name], sess)
-            feed = {ph["image"]: image.astype(image_dtype)}
-            if training:
-                feed.update({ph["gt_boxes"]: gt, ph["gt_labels"]: np.ones(len(gt), np.int64)})
-                for i, (labels, boxes) in enumerate(levels):
-                    lvl = i + 2
-                    fh, fw = (labels.shape[:2] if kind == "reference" else
-                              __import__("trainer.anchors", fromlist=["x"]).feature_shape(h, w, cfg.FPN.ANCHOR_STRIDES[i]))
-                    feed[ph[f"anchor_labels_lvl{lvl}"]] = labels[:fh, :fw]
-                    feed[ph[f"anchor_boxes_lvl{lvl}"]] = boxes[:fh, :fw]
-            sess.run(out, feed)  # warm-up (graph optimisation, allocations)
-            sess.run(out, feed)
-            runs[kind] = (sess, out, feed, [])
+        for kind in KINDS:
+            runner, fetches = prepared_runner(kind, cfg, ref, rcfg, training)
+            if not training:
+                feed = runner.image_feed(image)
+            elif kind == "reference":
+                feed = runner.train_feed(image, gt, gt_labels, levels)
+            else:  # ddcache's anchor fields are the image's feature maps, the reference's square MAX_SIZE fields
+                shapes = [runner.model.feature_shape(*image.shape[:2], i) for i in range(len(levels))]
+                feed = runner.train_feed(image, gt, gt_labels,
+                                         [(lab[:fh, :fw], box[:fh, :fw]) for (lab, box), (fh, fw) in zip(levels, shapes)])
+            for _ in range(2):  # warm-up: graph optimisation, allocations
+                runner.session.run(fetches, feed)
+            runs[kind] = (runner, fetches, feed, [])
         for _ in range(args.rounds):
-            for kind in kinds:
-                sess, out, feed, times = runs[kind]
+            for kind in KINDS:
+                runner, fetches, feed, times = runs[kind]
                 t0 = time.process_time()
-                sess.run(out, feed)
+                runner.session.run(fetches, feed)
                 times.append(time.process_time() - t0)
-        results[mode] = {k: {"cpu_seconds": runs[k][3], "median": statistics.median(runs[k][3])} for k in kinds}
-        for kind in kinds:
-            runs[kind][0].close()
+        results[mode] = {k: {"cpu_seconds": runs[k][3], "median": statistics.median(runs[k][3])} for k in KINDS}
+        for runner, *_ in runs.values():
+            runner.close()
         ref_median = results[mode]["reference"]["median"]
         for kind in ("NCHW", "NHWC"):
             results[mode][kind]["ratio_to_reference"] = results[mode][kind]["median"] / ref_median
         print(mode, {k: round(v["median"], 3) for k, v in results[mode].items()},
-              {k: round(results[mode][k]["ratio_to_reference"], 3) for k in ("NCHW", "NHWC")})
-    report = {"config": os.path.relpath(args.config, ROOT), "image_shape": list(image.shape), "rounds": args.rounds,
-              "cpu_count": os.cpu_count(), "tensorflow": tf.__version__, "results": results,
-              "note": "CPU seconds (process time, all threads) per call; ratio = ddcache median / reference median"}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
+              {k: round(results[mode][k]["ratio_to_reference"], 3) for k in ("NCHW", "NHWC")}, flush=True)
+    return {"config": os.path.relpath(args.config, ROOT), "image_shape": list(image.shape), "rounds": args.rounds,
+            "cpu_count": os.cpu_count(), "tensorflow": tf.__version__, "results": results,
+            "note": "CPU seconds (process time, all threads) per call; ratio = ddcache median / reference median"}
+
+
+def save(report, out):
+    h, w = report["image_shape"][:2]
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out + ".json", "w") as f:
         json.dump(report, f, indent=1)
-    lines = [f"# Model speed on CPU ({report['config']}, image {image.shape[1]}x{image.shape[0]}, "
-             f"{args.rounds} interleaved rounds)", "",
+    lines = [f"# Model speed on CPU ({report['config']}, image {w}x{h}, {report['rounds']} interleaved rounds)", "",
              "| | reference (NCHW) | ddcache NCHW | ddcache NHWC | ratio NCHW | ratio NHWC |", "|---|---|---|---|---|---|"]
     for mode in ("inference", "training"):
-        r = results[mode]
+        r = report["results"][mode]
         lines.append(f"| {mode} (CPU s) | {r['reference']['median']:.2f} | {r['NCHW']['median']:.2f} | "
                      f"{r['NHWC']['median']:.2f} | {r['NCHW']['ratio_to_reference']:.2f} | "
                      f"{r['NHWC']['ratio_to_reference']:.2f} |")
     lines += ["", "Ratio = ddcache / reference (medians of CPU time per call; <= 1 means ddcache is not slower)."]
-    with open(args.out + ".md", "w") as f:
+    with open(out + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.join(ROOT, "tools", "reference")]
+    import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+
+    save(measure(args), args.out)
 
 
 if __name__ == "__main__":

@@ -195,6 +195,7 @@ class GraphRunner:
         import tensorflow as tf
 
         tf1 = tf.compat.v1
+        self.total_cost = total_cost
         self.variables = {v.op.name: v for v in tf1.global_variables()}
         self.grads = {}
         if training:
@@ -202,6 +203,23 @@ class GraphRunner:
             grads = tf.gradients(total_cost, trainable)
             self.grads = {v.op.name: g for v, g in zip(trainable, grads) if g is not None}
         self.session = tf1.Session(graph=self.graph)
+
+    image_dtype = None  # what the graph's image placeholder is fed as (None: as given)
+
+    def image_feed(self, image):
+        return {self.inputs["image"]: image if self.image_dtype is None else image.astype(self.image_dtype)}
+
+    def train_feed(self, image, gt_boxes, gt_labels, level_inputs):
+        """The feed of one training step; ``level_inputs``: [(labels, boxes)] per FPN level, from P2 up."""
+        feed = {**self.image_feed(image), self.inputs["gt_boxes"]: gt_boxes, self.inputs["gt_labels"]: gt_labels}
+        for lvl, (labels, boxes) in enumerate(level_inputs, start=2):
+            feed[self.inputs[f"anchor_labels_lvl{lvl}"]] = labels
+            feed[self.inputs[f"anchor_boxes_lvl{lvl}"]] = boxes
+        return feed
+
+    def outputs(self):
+        """The final detections (``output/boxes``, ``output/scores``, ``output/labels``)."""
+        return {f"output/{n}": self.graph.get_tensor_by_name(f"output/{n}:0") for n in ("boxes", "scores", "labels")}
 
     def shapes(self):
         return {n: tuple(v.shape.as_list()) for n, v in self.variables.items()}
@@ -243,15 +261,11 @@ class DdcacheRunner(GraphRunner):
 
     def infer(self, image):
         names = sorted(k for k in self.model.endpoints if not k.endswith("_loss") and k not in ("wd_cost", "total_cost"))
-        outputs = {f"output/{n}": self.graph.get_tensor_by_name(f"output/{n}:0") for n in ("boxes", "scores", "labels")}
-        fetch = {**{n: self.model.endpoints[n] for n in names}, **outputs}
-        return self.session.run(fetch, {self.inputs["image"]: image})
+        fetch = {**{n: self.model.endpoints[n] for n in names}, **self.outputs()}
+        return self.session.run(fetch, self.image_feed(image))
 
     def train(self, image, gt_boxes, gt_labels, level_inputs):
         """``level_inputs``: [(labels [fh, fw, A], boxes [fh, fw, A, 4])] for this image's feature maps."""
-        feed = {self.inputs["image"]: image, self.inputs["gt_boxes"]: gt_boxes, self.inputs["gt_labels"]: gt_labels}
-        for lvl, (labels, boxes) in enumerate(level_inputs, start=2):
-            feed[self.inputs[f"anchor_labels_lvl{lvl}"]] = labels
-            feed[self.inputs[f"anchor_boxes_lvl{lvl}"]] = boxes
         losses = {k: v for k, v in self.model.endpoints.items() if k.endswith("_loss") or k in ("wd_cost", "total_cost")}
+        feed = self.train_feed(image, gt_boxes, gt_labels, level_inputs)
         return self.session.run({"losses": losses, "grads": self.grads}, feed)

@@ -250,6 +250,8 @@ class ReferenceRunner(GraphRunner):
     losses (ddcache's names) and the gradients of the trainable variables.
     """
 
+    image_dtype = "float32"  # the reference's image placeholder is float32 (ddcache's is uint8)
+
     def __init__(self, ref, rcfg, training):
         import tensorflow as tf
 
@@ -268,21 +270,12 @@ class ReferenceRunner(GraphRunner):
             self._collect(self.losses.get("total_cost"), training)
 
     def infer(self, image):
-        import numpy as np
-
-        outputs = {f"output/{n}": self.graph.get_tensor_by_name(f"output/{n}:0") for n in ("boxes", "scores", "labels")}
         tapped = {k: v for k, v in self.taps.tensors.items() if k != "total_cost"}
-        return self.session.run({**tapped, **outputs}, {self.inputs["image"]: image.astype(np.float32)})
+        return self.session.run({**tapped, **self.outputs()}, self.image_feed(image))
 
     def train(self, image, gt_boxes, gt_labels, level_inputs):
         """``level_inputs``: the reference pipeline's [(labels [FS, FS, A], boxes [FS, FS, A, 4])] (square fields)."""
-        import numpy as np
-
-        feed = {self.inputs["image"]: image.astype(np.float32), self.inputs["gt_boxes"]: gt_boxes,
-                self.inputs["gt_labels"]: gt_labels}
-        for lvl, (labels, boxes) in enumerate(level_inputs, start=2):
-            feed[self.inputs[f"anchor_labels_lvl{lvl}"]] = labels
-            feed[self.inputs[f"anchor_boxes_lvl{lvl}"]] = boxes
+        feed = self.train_feed(image, gt_boxes, gt_labels, level_inputs)
         return self.session.run({"losses": self.losses, "grads": self.grads}, feed)
 
 
