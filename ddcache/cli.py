@@ -269,6 +269,19 @@ def _register_optional():
 _register_optional()
 
 
+def click_error_line(exc):
+    """click's message for a usage mistake as one line, pointing at the command's ``--help``.
+
+    click prints usage errors as a usage line, a "Try ... --help" line and the
+    message; the product's rule is one line per user mistake.
+    """
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError) and ctx is not None:
+        return f"{message} (see '{ctx.command_path} --help')"
+    return message
+
+
 def run_with_error_policy(group, prog):
     """Run a click group, no tracebacks: user mistakes, bad data and environment failures (a full disk, a denied
     permission: ``errors.environment_error``) -> one line on stderr + exit 2, a dead worker process -> one line +
@@ -288,7 +301,7 @@ def run_with_error_policy(group, prog):
         say_once(f"{prog}: interrupted" if isinstance(exc.__cause__, KeyboardInterrupt) else f"{prog}: aborted")
         sys.exit(130)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"{prog}: error: {click_error_line(exc)}", err=True)
         sys.exit(exc.exit_code)
     except (UserError, CorruptRecordError) as exc:
         click.echo(f"{prog}: error: {exc}", err=True)

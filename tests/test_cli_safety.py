@@ -251,3 +251,24 @@ def test_ctrl_c_of_a_build_ends_at_once_and_says_it_resumes(synth_fintabnet, tmp
     r = ddcache(*args)
     assert r.returncode == 0, r.stderr[-3000:]
     assert out.is_dir() and not Path(f"{out}.partial").exists()
+
+
+# ---- usage mistakes: one line each, pointing at the command's --help ----
+
+@pytest.mark.parametrize("args, says", [
+    (["show", "--bogus"], "No such option '--bogus'"),
+    (["show"], "Missing argument 'CACHES...'"),
+    (["frobnicate"], "No such command 'frobnicate'"),
+    (["build", "fintabnet", "--workers", "abc"], "Invalid value for '--workers'"),
+])
+def test_a_usage_mistake_is_one_line_with_a_pointer_to_help(args, says):
+    """Was: click's three lines (usage, 'Try ... --help', blank, 'Error: ...')."""
+    line = _one_line(ddcache(*args))
+    assert line.startswith("ddcache: error: ") and says in line and line.endswith(" --help')"), line
+
+
+def test_ddtrain_usage_mistake_is_one_line():
+    r = subprocess.run([sys.executable, "-m", "trainer.cli_main", "train", "--steps", "many"], capture_output=True,
+                       text=True, timeout=300)
+    line = _one_line(r)
+    assert line.startswith("ddtrain: error: Invalid value for '--steps'"), line
