@@ -54,8 +54,9 @@ def prepared_runner(kind, cfg, ref, rcfg, training):
 
     tf1 = tf.compat.v1
     runner = ReferenceRunner(ref, rcfg, training) if kind == "reference" else DdcacheRunner(cfg, kind, training)
-    fetches = runner.outputs()
-    if training:
+    if not training:
+        fetches = runner.outputs()
+    else:
         with runner.graph.as_default():
             opt = tf1.train.MomentumOptimizer(1e-3, 0.9)
             update = opt.apply_gradients([(g, runner.variables[n]) for n, g in sorted(runner.grads.items())])
