@@ -196,6 +196,29 @@ def test_non_finite_loss_stops_the_run_without_a_checkpoint(caches, tmp_path):
     assert any(line.startswith(f"step {step}/8") for line in lines)  # the last line printed is that step's
 
 
+def test_out_of_memory_in_a_step_is_one_line_without_a_checkpoint(caches, tmp_path):
+    """On a GPU, a too large image raises ResourceExhaustedError inside a step: was a traceback of the loop."""
+    import tensorflow as tf
+    from tensorpack.callbacks import Callback
+
+    from trainer.train import TrainingFailed, train_main
+
+    class OutOfMemoryAtStep3(Callback):  # stands in for the allocator: raised where session.run raises it
+        def _trigger_step(self):
+            if self.global_step == 3:
+                raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[1,256,352,352]")
+
+    logdir = tmp_path / "run"
+    with pytest.raises(TrainingFailed) as err:
+        train_main(TINY, [caches["train"]], [caches["val"]], logdir, steps=8, gpus=0, workers=0, echo=lambda _: None,
+                   overrides=["TRAIN.STEPS_PER_EPOCH=2", "TRAIN.CHECKPOINT_PERIOD=100", "TRAIN.EVAL_PERIOD=100"],
+                   extra_callbacks=[OutOfMemoryAtStep3()])
+    message = str(err.value)
+    assert "\n" not in message and err.value.global_step == 3, message
+    assert "out of memory in a training step (OOM when allocating tensor with shape[1,256,352,352])" in message
+    assert "PREPROC.MAX_SIZE" in message and _checkpoints(logdir) == []
+
+
 def test_corrupt_record_stops_the_run_non_zero_without_a_checkpoint(caches, tmp_path):
     """Was: the key was named, but the run exited 0 and wrote a checkpoint."""
     import shutil

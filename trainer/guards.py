@@ -31,7 +31,7 @@ from tensorpack.train.base import StopTraining
 
 
 class RunFailure:
-    """The first reason this run must stop; thread-safe (the feeding thread and the worker watch write it)."""
+    """The first reason this run must stop; thread-safe (the feeding thread and the training loop write it)."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -57,6 +57,16 @@ def describe_input_error(exc):
     if isinstance(exc, (CorruptRecordError, UserError)):
         return str(exc)
     return f"input pipeline failed: {type(exc).__name__}: {exc}"
+
+
+def describe_out_of_memory(exc):
+    """One line for TensorFlow's ``ResourceExhaustedError`` in a step: on a GPU, images too large for its memory."""
+    text = str(getattr(exc, "message", "") or exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if len(first) > 200:
+        first = first[:200] + "..."
+    return (f"out of memory in a training step ({first}); lower PREPROC.MAX_SIZE and PREPROC.TRAIN_SHORT_EDGE_SIZE "
+            "(--override), or train on a device with more memory")
 
 
 class FailureReport(ProxyDataFlow):

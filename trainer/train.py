@@ -402,7 +402,7 @@ def _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_ev
     from trainer import callbacks as cbs
     from trainer import devices
     from trainer.console import quiet_library_loggers
-    from trainer.guards import FailureGuard, RunFailure, stop_map_workers
+    from trainer.guards import FailureGuard, RunFailure, describe_out_of_memory, stop_map_workers
     from trainer.model.detector import CascadeRCNN
 
     quiet_library_loggers(verbose)
@@ -479,6 +479,8 @@ def _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_ev
         except DataFlowTerminated:  # the input failed while the first datapoints were read
             if not failure:
                 raise
+        except tf.errors.ResourceExhaustedError as exc:  # the step did not update the weights: nothing is broken
+            failure.record(describe_out_of_memory(exc), tp_trainer.loop.global_step)
         finally:
             stop_map_workers(df)
             sys.stdout.flush()
