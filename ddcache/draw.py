@@ -1,4 +1,5 @@
 """`ddcache show`: draw a sample's boxes by category, with a legend, so a person can trust a cache."""
+import io
 import math
 
 import matplotlib
@@ -55,8 +56,11 @@ def draw_boxes(image_bgr, boxes, category_ids, out_path, title="", categories=No
     handles = [mpatches.Patch(color=STYLE.get(c, _FALLBACK)[0], label=f"{C.NAMES.get(c, c)} ({counts[c]})") for c in sorted(counts)]
     fig.legend(handles=handles, loc="upper left", ncol=max(1, len(handles)), fontsize=9, frameon=False, title=title,
                title_fontsize=8, bbox_to_anchor=(0, 1))
-    fig.savefig(out_path, dpi=dpi)
+    buffer = io.BytesIO()  # rendered in memory, then written by us: a failed write (full disk) raises, never passes
+    fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
+    with open(out_path, "wb") as f:
+        f.write(buffer.getbuffer())
     return counts
 
 

@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from .codec import decode_image
 from .coco import CocoBuilder
+from .errors import CorruptRecordError
 from .outputs import check_disjoint, check_output
 from .store import CacheReader
 
@@ -60,8 +61,11 @@ def export_coco(caches, out_dir, category_ids=None, overwrite=False, progress=Tr
         name = f"{i:08d}{_EXT.get(enc['enc'], '.png')}"
         if enc["enc"] in _EXT:
             (images / name).write_bytes(enc["data"])
-        else:
-            cv2.imwrite(str(images / name), decode_image(enc))
+        else:  # cv2.imwrite only returns False on a failed write (a full disk): encode here, write with Python
+            ok, png = cv2.imencode(".png", decode_image(enc))
+            if not ok:
+                raise CorruptRecordError(f"{i:08d}", "image does not encode as PNG")
+            (images / name).write_bytes(png.tobytes())
         builder.add(sample, f"images/{name}")
     coco = builder.to_dict()
     try:

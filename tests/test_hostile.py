@@ -1037,3 +1037,30 @@ def test_sample_overwrite_with_a_hostile_marker_deletes_nothing(files, tmp_path,
     code, _, err = cli(capsys, "sample", "fintabnet", "--out", out, "--overwrite")
     assert_one_line(code, err, 2, "is unreadable")
     assert (out / "a").read_text() == "mine"
+
+
+def test_show_to_a_full_device_is_one_line_not_wrote(good_cache, capsys):
+    """Was: ``show --out /dev/full`` said "wrote ...", exit 0 (matplotlib's PNG writer lost the write error)."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    code, out, err = cli(capsys, "show", good_cache, "--index", "0", "--out", "/dev/full")
+    assert_one_line(code, err, 2, "No space left on device")
+    assert "wrote" not in out
+
+
+def test_export_of_a_raw_cache_to_a_full_disk_is_one_line(tmp_path):
+    """Was: raw-encoded images went through ``cv2.imwrite``, which returns False on a full disk: exit 0, images
+    missing. An 8 KB tmpfs in a private mount namespace holds the export (each PNG is larger)."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("user + mount namespaces are not available here")
+    cache = make_cache(tmp_path / "raw", 2, encoding="raw", rows=lambda i: 8, cols=lambda i: 8, cell_px=100)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    script = (f"mount -t tmpfs -o size=8k tmpfs {mnt} || exit 99\n"
+              f"{sys.executable} -m ddcache.cli_main export {cache} --out {mnt}/e; echo code=$?\n")
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    if r.returncode == 99:
+        pytest.skip("cannot mount a tmpfs here")
+    lines = error_lines(r.stderr)
+    assert "code=2" in r.stdout and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert len(lines) == 1 and "No space left on device" in lines[0], lines
