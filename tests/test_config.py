@@ -210,7 +210,16 @@ def test_defaults_alone_load():
     ("TRAIN.LR_SCHEDULE=[0]", "TRAIN.LR_SCHEDULE[0]"),
     ("TRAIN.SEED=-3", "TRAIN.SEED"),
     ("TRAIN.NUM_WORKERS=-1", "TRAIN.NUM_WORKERS"),
-    ("PREPROC.MAX_SIZE=0", "PREPROC.MAX_SIZE: 0 must be >= 1"),
+    ("PREPROC.MAX_SIZE=0", "PREPROC.MAX_SIZE: 0 must be in 1..8192"),
+    ("PREPROC.MAX_SIZE=100000", "PREPROC.MAX_SIZE: 100000 must be in 1..8192"),  # 9.3 GiB of anchors: MemoryError
+    ("PREPROC.PIXEL_MEAN=[.nan, 1, 1]", "PREPROC.PIXEL_MEAN[0]: nan must be in [0, 255]"),
+    ("RPN.ANCHOR_RATIOS=[1e-300, 1, 2]", "RPN.ANCHOR_RATIOS[0]: 1e-300 must be in [0.001, 1000]"),  # IndexError
+    ("TRAIN.NUM_WORKERS=1000", "TRAIN.NUM_WORKERS: 1000 must be in 0..64"),
+    ("BACKBONE.WIDTH_MULT=.nan", "BACKBONE.WIDTH_MULT: nan must be > 0"),  # was a ValueError traceback
+    ("MODE_FPN=false", "MODE_FPN: must be true"),  # was a ValueError traceback after the log dir was written
+    ("FPN.CASCADE=false", "FPN.CASCADE: must be true"),
+    ("FPN.ANCHOR_STRIDES=[3, 5, 7, 9, 11]", "FPN.ANCHOR_STRIDES: [3, 5, 7, 9, 11] must be [4, 8, 16, 32, 64]"),
+    ("FPN.RESOLUTION_REQUIREMENT=1", "FPN.RESOLUTION_REQUIREMENT: 1 must be a multiple of 32"),
     ("PREPROC.TRAIN_SHORT_EDGE_SIZE=[800, 600]", "PREPROC.TRAIN_SHORT_EDGE_SIZE: min 800 > max 600"),
     ("PREPROC.TRAIN_SHORT_EDGE_SIZE=[0, 600]", "PREPROC.TRAIN_SHORT_EDGE_SIZE[0]"),
     ("PREPROC.PIXEL_STD=[1.0, 0.0, 1.0]", "PREPROC.PIXEL_STD[1]: 0.0 must be > 0"),
@@ -235,9 +244,23 @@ def test_values_out_of_range_are_one_line_errors_naming_the_key(override, messag
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty config file"),  # was: trained the schema defaults (a ResNet-50 at 800 px)
+    (b"# only a comment\n", "empty config file"),
+    (b"\xff\xfe\x00binary", "not a YAML text file"),  # was a UnicodeDecodeError traceback
+])
+def test_empty_or_binary_config_files_are_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
 def test_boundary_values_are_accepted():
     c = load_config(CONFIGS / "cell.yaml", ["TRAIN.WARMUP=0", "TRAIN.WARMUP_INIT_LR=0", "TRAIN.WEIGHT_DECAY=0",
                                             "RPN.NEGATIVE_ANCHOR_THRESH=0.7", "OUTPUT.NMS_THRESH_CLASS_AGNOSTIC=1.0",
                                             "PREPROC.TRAIN_SHORT_EDGE_SIZE=[800]", "DATA.CATEGORIES=[row, COLUMN]",
-                                            "BACKBONE.FREEZE_AT=0", "TRAIN.NUM_WORKERS=0"])
+                                            "BACKBONE.FREEZE_AT=0", "TRAIN.NUM_WORKERS=0", "TRAIN.NUM_WORKERS=64",
+                                            "PREPROC.MAX_SIZE=8192", "FPN.RESOLUTION_REQUIREMENT=64"])
     assert c.PREPROC.TRAIN_SHORT_EDGE_SIZE == [800] and c.TRAIN.WARMUP == 0

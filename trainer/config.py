@@ -158,6 +158,14 @@ _NON_NEGATIVE = (">= 0", lambda v: v >= 0)
 _AT_LEAST_ONE = (">= 1", lambda v: v >= 1)
 _FRACTION = ("in [0, 1]", lambda v: 0 <= v <= 1)
 _SHARE = ("in (0, 1]", lambda v: 0 < v <= 1)
+# Image sides after resizing. The anchor field of the finest level alone is (MAX_SIZE / 4)^2 cells x ratios x 4
+# floats in every process (PREPROC.MAX_SIZE 100000 asked for 9.3 GiB and died in numpy); 8192 takes ~270 MB.
+MAX_IMAGE_SIDE = 8192
+_IMAGE_SIDE = (f"in 1..{MAX_IMAGE_SIDE}", lambda v: 1 <= v <= MAX_IMAGE_SIDE)
+# Each map worker is a forked copy of the training process; more than this only loads the machine.
+MAX_WORKERS = 64
+# The backbone + FPN fix the pyramid: P2..P6 at these strides (ANCHOR_STRIDES is a fact of the model, not a knob).
+PYRAMID_STRIDES = [4, 8, 16, 32, 64]
 RANGES = {
     "BACKBONE.RESNET_NUM_BLOCKS": _AT_LEAST_ONE,
     "BACKBONE.FREEZE_AT": ("in 0..5 (conv0 and the 4 groups)", lambda v: 0 <= v <= 5),
@@ -173,8 +181,9 @@ RANGES = {
     "FRCNN.FG_RATIO": _SHARE,
     "FRCNN.FG_THRESH": _FRACTION,
     "FRCNN.BBOX_REG_WEIGHTS": _POSITIVE,
-    "RPN.ANCHOR_SIZES": _POSITIVE,
-    "RPN.ANCHOR_RATIOS": _POSITIVE,
+    "RPN.ANCHOR_SIZES": (f"in (0, {MAX_IMAGE_SIDE}]", lambda v: 0 < v <= MAX_IMAGE_SIDE),
+    # height / width; beyond these the float32 anchors overflow (a ratio of 1e-300 crashed the anchor matcher)
+    "RPN.ANCHOR_RATIOS": ("in [0.001, 1000]", lambda v: 1e-3 <= v <= 1e3),
     "RPN.ANCHOR_STRIDE": _AT_LEAST_ONE,
     "RPN.BATCH_PER_IM": _AT_LEAST_ONE,
     "RPN.FG_RATIO": _SHARE,
@@ -189,9 +198,10 @@ RANGES = {
     "RPN.TEST_POST_NMS_TOPK": _AT_LEAST_ONE,
     "RPN.TRAIN_PER_LEVEL_NMS_TOPK": _AT_LEAST_ONE,
     "RPN.TEST_PER_LEVEL_NMS_TOPK": _AT_LEAST_ONE,
-    "PREPROC.SHORT_EDGE_SIZE": _AT_LEAST_ONE,
-    "PREPROC.TRAIN_SHORT_EDGE_SIZE": _AT_LEAST_ONE,
-    "PREPROC.MAX_SIZE": _AT_LEAST_ONE,
+    "PREPROC.SHORT_EDGE_SIZE": _IMAGE_SIDE,
+    "PREPROC.TRAIN_SHORT_EDGE_SIZE": _IMAGE_SIDE,
+    "PREPROC.MAX_SIZE": _IMAGE_SIDE,
+    "PREPROC.PIXEL_MEAN": ("in [0, 255]", lambda v: 0 <= v <= 255),
     "PREPROC.PIXEL_STD": _POSITIVE,
     "OUTPUT.RESULT_SCORE_THRESH": _FRACTION,
     "OUTPUT.RESULTS_PER_IM": _AT_LEAST_ONE,
@@ -205,7 +215,7 @@ RANGES = {
     "TRAIN.WARMUP_INIT_LR": _NON_NEGATIVE,
     "TRAIN.LR_SCHEDULE": _AT_LEAST_ONE,
     "TRAIN.WEIGHT_DECAY": _NON_NEGATIVE,
-    "TRAIN.NUM_WORKERS": _NON_NEGATIVE,
+    "TRAIN.NUM_WORKERS": (f"in 0..{MAX_WORKERS}", lambda v: 0 <= v <= MAX_WORKERS),
     "TRAIN.SEED": ("in [0, 2**32)", lambda v: 0 <= v < 2 ** 32),
     "TRAIN.MAX_CHECKPOINTS": _AT_LEAST_ONE,
     "TRAIN.REFERENCE_BATCH": _AT_LEAST_ONE,
@@ -344,6 +354,8 @@ def parse_override(text):
     key = key.strip()
     if not key:
         raise ConfigError(f"{text}: override has no key")
+    if "" in key.split("."):
+        raise ConfigError(f"{text}: override key {key!r} has an empty part (KEY.SUB=VALUE)")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -352,7 +364,16 @@ def parse_override(text):
 
 
 def _check_consistency(d):
-    """Cross-key rules the model relies on; ConfigError names the key."""
+    """Cross-key rules the model relies on; ConfigError names the key (after :func:`_check_ranges`)."""
+    for key in ("MODE_FPN", "FPN.CASCADE"):
+        if _leaf(d, key) is not True:
+            raise ConfigError(f"{key}: must be true (only the FPN + Cascade R-CNN model is implemented)")
+    if d["FPN"]["ANCHOR_STRIDES"] != PYRAMID_STRIDES:
+        raise ConfigError(f"FPN.ANCHOR_STRIDES: {d['FPN']['ANCHOR_STRIDES']} must be {PYRAMID_STRIDES} "
+                          "(the strides of the model's pyramid levels P2..P6)")
+    if d["FPN"]["RESOLUTION_REQUIREMENT"] % PYRAMID_STRIDES[3]:
+        raise ConfigError(f"FPN.RESOLUTION_REQUIREMENT: {d['FPN']['RESOLUTION_REQUIREMENT']} must be a multiple of "
+                          f"{PYRAMID_STRIDES[3]} (the stride of C5: the pyramid's levels must align)")
     for dotted, allowed in CHOICES.items():
         node = d
         for part in dotted.split("."):
@@ -383,13 +404,21 @@ def _check_consistency(d):
 
 
 def _read_yaml(path):
-    """The mapping in YAML file ``path`` (an empty file is an empty mapping); ConfigError if it is not YAML."""
-    with open(path) as f:
+    """The mapping in YAML file ``path``; ConfigError if it is not UTF-8 YAML text, empty, or not a mapping.
+
+    An empty file is refused rather than read as "all defaults": the defaults
+    are no shipped config (a truncated or wrong file would train a ResNet-50 at
+    800 px with the schema's learning rate).
+    """
+    with open(path, encoding="utf-8") as f:
         try:
             loaded = yaml.safe_load(f)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    loaded = {} if loaded is None else loaded
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a YAML text file (not UTF-8)") from None
+    if loaded is None:
+        raise ConfigError(f"{path}: empty config file (start from configs/cell.yaml or _BASE_: it)")
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping of config sections, got {_type_name(loaded)}")
     return loaded
@@ -516,8 +545,8 @@ def load_config(path=None, overrides=(), warn=_print_warning):
         for part in reversed(parts):
             nested = {part: nested}
         _merge(values, nested, DEFAULTS)
+    _check_ranges(values)  # first: the consistency rules compute with the values (a NaN WIDTH_MULT)
     _check_consistency(values)
-    _check_ranges(values)
     for message in unread_key_warnings(values):
         warn(message)
     return Config(values)
@@ -540,4 +569,5 @@ def load_user_config(config, overrides=()):
     try:
         return load_config(str(config), overrides=tuple(overrides))
     except ConfigError as exc:
-        raise UserError(f"{config}: {exc}") from None
+        message = str(exc)
+        raise UserError(message if message.startswith(f"{config}: ") else f"{config}: {message}") from None

@@ -54,7 +54,7 @@ import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from ddcache.errors import UserError
 from ddcache.outputs import check_output
 from trainer import ctrl_c
-from trainer.config import load_user_config
+from trainer.config import MAX_WORKERS, load_user_config
 
 CONFIG_NAME = "config.yaml"
 
@@ -513,7 +513,7 @@ def _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_ev
 @click.option("--gpus", type=click.IntRange(0), default=None,
               help="GPUs in this process: 0 = CPU, N > 1 = replicated multi-GPU [default: 1 if any, else CPU].")
 @click.option("--horovod", is_flag=True, help="Horovod data-parallel training (start with horovodrun).")
-@click.option("--workers", type=click.IntRange(0), default=None,
+@click.option("--workers", type=click.IntRange(0, MAX_WORKERS), default=None,
               help="Processes that decode, resize and label the training images (0 = in the training process) "
                    "[default: TRAIN.NUM_WORKERS].")
 @click.option("--eval-max-datapoints", type=click.IntRange(1), default=None,
