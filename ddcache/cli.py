@@ -298,6 +298,8 @@ def run_with_error_policy(group, prog):
         say_once(f"{prog}: {exc}")
         sys.exit(130)
     except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, EOFError):  # click makes any EOFError an Abort: a failure, not an interrupt
+            raise exc.__cause__ from None
         say_once(f"{prog}: interrupted" if isinstance(exc.__cause__, KeyboardInterrupt) else f"{prog}: aborted")
         sys.exit(130)
     except click.ClickException as exc:

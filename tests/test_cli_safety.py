@@ -272,3 +272,25 @@ def test_ddtrain_usage_mistake_is_one_line():
                        text=True, timeout=300)
     line = _one_line(r)
     assert line.startswith("ddtrain: error: Invalid value for '--steps'"), line
+
+
+def test_an_eof_error_is_a_failure_not_an_interrupt():
+    """click turns every EOFError into Abort; the policy printed 'aborted' and exit 130 (an empty .npz did that)."""
+    import click
+
+    from ddcache.cli import run_with_error_policy
+
+    @click.group()
+    def group():
+        pass
+
+    @group.command()
+    def boom():
+        raise EOFError("No data left in file")
+
+    argv, sys.argv = sys.argv, ["prog", "boom"]
+    try:
+        with pytest.raises(EOFError, match="No data left"):
+            run_with_error_policy(group, "prog")
+    finally:
+        sys.argv = argv

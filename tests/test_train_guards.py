@@ -149,6 +149,42 @@ def test_resume_with_other_shapes_names_the_variable_and_writes_nothing(caches, 
     assert _listing(logdir) == before
 
 
+@pytest.mark.parametrize("case", ["other_model", "damaged", "nan", "foreign_list"])
+def test_hostile_start_weights_or_checkpoint_list_are_preflight_errors(caches, tmp_path, case):
+    """Was: another model's .npz trained from random weights ('loaded 0' in the report); a damaged one was a
+    BadZipFile traceback after config.yaml was written; a NaN one failed at step 1; a binary LOGDIR/checkpoint
+    was a UnicodeDecodeError traceback."""
+    from test_predictor import save_random_checkpoint, tiny_cfg
+    from trainer.train import train_main
+
+    logdir = tmp_path / "run"
+    logdir.mkdir()
+    weights = None
+    if case == "foreign_list":
+        (logdir / "checkpoint").write_bytes(b"\xff\x82 not a checkpoint list")
+    elif case == "other_model":
+        weights = tmp_path / "other.npz"
+        np.savez(weights, foo=np.zeros(3, np.float32))
+    else:
+        prefix = save_random_checkpoint(tiny_cfg(), tmp_path / "src" / "model-0", seed=0)
+        from trainer.weights import read_weights
+
+        values = read_weights(prefix)
+        values["conv0/W"] = np.full_like(values["conv0/W"], np.nan)
+        weights = tmp_path / "w.npz"
+        np.savez(weights, **values)
+        if case == "damaged":
+            weights.write_bytes(weights.read_bytes()[:-5000])
+    before = _listing(logdir)
+    with pytest.raises(UserError) as err:
+        train_main(TINY, [caches["train"]], [caches["val"]], logdir, weights=weights, steps=2, gpus=0, workers=0)
+    message = str(err.value)
+    assert "\n" not in message
+    assert {"other_model": "none of its 1 tensors", "damaged": "unreadable .npz", "nan": "conv0/W holds NaN",
+            "foreign_list": "not a TensorFlow checkpoint list"}[case] in message
+    assert _listing(logdir) == before
+
+
 def test_first_shape_mismatch_order():
     from trainer.weights import is_training_only
     from trainer.preflight import first_shape_mismatch

@@ -183,3 +183,86 @@ def test_published_names_load_into_the_cascade_rcnn_graph_with_another_class_cou
     assert np.all(_value(sess, "fpn/lateral_1x1_c3/W") == 0.25)
     assert np.all(_value(sess, "cascade_rcnn_stage2/outputs/box/W") == 0.25)
     assert not np.all(_value(sess, "cascade_rcnn_stage1/outputs/class/W") == 0.25)  # kept its fresh init
+
+
+def _good_npz(tmp_path):
+    path = tmp_path / "good.npz"
+    np.savez(path, **_values(PUBLISHED, 1.0))
+    return path
+
+
+def _damaged_weight_files(tmp_path):
+    """name -> a hostile weights file (each was a traceback, a wrong exit code, or loaded silently)."""
+    import io
+    import zipfile
+
+    good = _good_npz(tmp_path).read_bytes()
+    files = {"empty": b"", "text": b"hello, not a zip\n", "truncated": good[: len(good) // 2]}
+    flipped = bytearray(good)
+    for i in range(200, len(flipped) - 200, 97):  # inside the members, not the zip directory
+        flipped[i] ^= 0xFF
+    files["crc"] = bytes(flipped)
+    out = {}
+    for name, data in files.items():
+        out[name] = tmp_path / f"{name}.npz"
+        out[name].write_bytes(data)
+    header = io.BytesIO()  # a few KB that declare 2^31 float32 numbers (8 GiB)
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (1 << 31,)})
+    out["bomb"] = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(out["bomb"], "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("conv0/W.npy", "w", force_zip64=True) as member:
+            member.write(header.getvalue() + b"\0" * 4096)
+    return out
+
+
+def test_damaged_npz_files_are_one_line_user_errors(tmp_path):
+    """Was: BadZipFile tracebacks (truncated, bad CRC) and 'ddtrain: aborted' exit 130 for an empty file
+    (click turns an EOFError into Abort); a zip bomb was decompressed as far as it went."""
+    from ddcache.errors import UserError
+    from trainer.weights import read_weights
+
+    for name, path in _damaged_weight_files(tmp_path).items():
+        with pytest.raises(UserError) as info:
+            read_weights(path)
+        assert str(path) in str(info.value) and "\n" not in str(info.value), name
+    assert "more than the limit" in str(pytest.raises(UserError, read_weights, tmp_path / "bomb.npz").value)
+
+
+@pytest.mark.parametrize("bad", ["strings", "bool", "complex", "nan"])
+def test_weights_that_are_not_finite_numbers_are_refused_strictly_and_for_fine_tuning(tmp_path, bad):
+    """Was: a string array of the right shape was cast and trained on, bool/complex loaded, NaN exported."""
+    from ddcache.errors import UserError
+    from trainer.weights import check_weights_match
+
+    values = _values(PUBLISHED, 1.0)
+    w = values["conv0/W"]
+    values["conv0/W"] = {"strings": w.astype("U3"), "bool": w.astype(bool), "complex": w.astype(np.complex64),
+                         "nan": np.full_like(w, np.nan)}[bad]
+    with pytest.raises(UserError, match="conv0/W holds"):
+        check_weights_match(values, PUBLISHED, source="w.npz")
+    with pytest.raises(UserError, match="^w.npz: conv0/W holds"):
+        match_weights(values, PUBLISHED, source="w.npz")
+    values["conv0/W"] = w.astype(np.float16)  # a narrower float is still a weight
+    assert len(match_weights(values, PUBLISHED)[1].loaded) == len(PUBLISHED)
+
+
+def test_a_checkpoint_list_that_is_not_tensorflows_is_a_user_error(tmp_path):
+    """Was: a UnicodeDecodeError traceback (binary 'checkpoint'), and a list naming any existing file
+    (/etc/passwd) was taken as a checkpoint; a truncated .data file raised IndexError."""
+    from ddcache.errors import UserError
+    from trainer.weights import latest_checkpoint_in, read_weights
+
+    (tmp_path / "checkpoint").write_bytes(b"\xff\x82\x00 binary")
+    with pytest.raises(UserError, match="not a TensorFlow checkpoint list"):
+        latest_checkpoint_in(tmp_path)
+    (tmp_path / "checkpoint").write_text(f'model_checkpoint_path: "{_good_npz(tmp_path)}"\n')
+    with pytest.raises(UserError, match=r"which is not a checkpoint \(no good.npz.index\)"):
+        read_weights(tmp_path)
+
+    src_graph, src, saver = _graph_session(PUBLISHED, with_saver=True)
+    prefix = saver.save(src, str(tmp_path / "model"), global_step=5)
+    data = next(tmp_path.glob("model-5.data-*"))
+    data.write_bytes(data.read_bytes()[:100])
+    with pytest.raises(UserError, match="unreadable checkpoint"):
+        read_weights(prefix)
+    assert latest_checkpoint_in(tmp_path / "nowhere") is None

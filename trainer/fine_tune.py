@@ -70,7 +70,7 @@ class FineTuneInit(SessionInit):
 def load_weights(sess, path, strip_training=True):
     """Load ``path`` into ``sess``'s graph now; returns the :class:`LoadReport` (for scripts and tests)."""
     values = read_weights(path)
-    assignments, report = match_weights(values, graph_variable_shapes(sess.graph), strip_training)
+    assignments, report = match_weights(values, graph_variable_shapes(sess.graph), strip_training, source=path)
     with sess.graph.as_default():
         assign_to_session(sess, assignments)
     return report

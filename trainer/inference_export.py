@@ -19,7 +19,7 @@ import numpy as np
 
 import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from ddcache.errors import UserError
-from trainer.weights import check_weights_match, is_training_only, read_weights
+from trainer.weights import check_numbers, check_weights_match, is_training_only, read_weights
 
 def inference_weights(weights, model_variables=None, source=None):
     """The subset of ``weights`` that inference needs.
@@ -31,7 +31,9 @@ def inference_weights(weights, model_variables=None, source=None):
     configuration (e.g. another ``DATA.CATEGORIES``).
     """
     if model_variables is None:
-        return {k: v for k, v in weights.items() if not is_training_only(k)}
+        kept = {k: v for k, v in weights.items() if not is_training_only(k)}
+        check_numbers(kept, sorted(kept), source)
+        return kept
     check_weights_match(weights, model_variables, source)
     return {name: weights[name] for name in model_variables}
 

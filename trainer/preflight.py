@@ -151,9 +151,32 @@ def check_resume(checkpoint, cfg):
     import tensorflow as tf
 
     from trainer.inference_export import model_variable_shapes
-    from trainer.weights import is_training_only
+    from trainer.weights import READ_ERRORS, is_training_only, read_error
 
-    shapes = tf.train.load_checkpoint(str(checkpoint)).get_variable_to_shape_map()
+    try:
+        shapes = tf.train.load_checkpoint(str(checkpoint)).get_variable_to_shape_map()
+    except (tf.errors.OpError, *READ_ERRORS) as exc:
+        raise UserError(f"cannot resume: {read_error(checkpoint, exc)}") from None
     why = first_shape_mismatch(shapes, model_variable_shapes(cfg), is_training_only)
     if why:
         raise UserError(f"cannot resume from {checkpoint}: {why}; use another --logdir for another config")
+
+
+def check_fine_tune_start(weights, cfg):
+    """UserError (one line) unless ``--weights`` can be read and fills at least one variable of ``cfg``'s model.
+
+    Reads the whole file now, before the log dir is written: a damaged file
+    failed inside the session set-up (a traceback, with ``config.yaml``
+    already written), and a file of another model loaded nothing and trained
+    from random weights with only ``loaded 0`` in the report. Values are
+    checked too (``trainer.weights.check_numbers``).
+    """
+    from trainer.inference_export import model_variable_shapes
+    from trainer.weights import match_weights, read_weights
+
+    values = read_weights(weights)
+    _, report = match_weights(values, model_variable_shapes(cfg), source=f"--weights {weights}")
+    if not report.loaded:
+        names = ", ".join(sorted(values)[:3]) or "none"
+        raise UserError(f"--weights {weights}: none of its {len(values)} tensors ({names}, ...) fits a variable of "
+                        "this config's model; not a checkpoint of this detector")

@@ -125,22 +125,26 @@ class TrainingFailed(Exception):
 
 
 def latest_checkpoint(logdir):
-    """Prefix of the newest checkpoint in ``logdir`` (``.../model-1234``) or None."""
-    if not (Path(logdir) / "checkpoint").is_file():
-        return None
-    import tensorflow as tf
+    """Prefix of the newest checkpoint in ``logdir`` (``.../model-1234``) or None; UserError if its
+    ``checkpoint`` list is not TensorFlow's (``trainer.weights.latest_checkpoint_in``)."""
+    from trainer.weights import latest_checkpoint_in
 
-    return tf.train.latest_checkpoint(str(logdir))
+    return latest_checkpoint_in(logdir)
 
 
 def checkpoint_step(prefix):
-    """``global_step`` stored in a checkpoint (0 if it has none)."""
+    """``global_step`` stored in a checkpoint (0 if it has none); UserError if the checkpoint cannot be read."""
     import tensorflow as tf
 
-    reader = tf.train.load_checkpoint(prefix)
-    if not reader.has_tensor("global_step"):
-        return 0
-    return int(reader.get_tensor("global_step"))
+    from trainer.weights import READ_ERRORS, read_error
+
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        if not reader.has_tensor("global_step"):
+            return 0
+        return int(reader.get_tensor("global_step"))
+    except (tf.errors.OpError, *READ_ERRORS) as exc:
+        raise UserError(f"cannot resume: {read_error(prefix, exc)}") from None
 
 
 def total_steps(cfg, num_devices=1):
@@ -328,6 +332,8 @@ def plan_run(config, train, val, logdir, weights=None, overrides=(), steps=None,
         raise UserError(str(exc)) from None
     if resume:
         preflight.check_resume(resume, cfg)
+    elif weights is not None:
+        preflight.check_fine_tune_start(weights, cfg)
     plan.choice = choice
     plan.workers = int(cfg.TRAIN.NUM_WORKERS) if workers is None else int(workers)
     plan.seed = int(cfg.TRAIN.SEED) if seed is None else int(seed)

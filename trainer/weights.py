@@ -26,6 +26,8 @@ would kick the first updates. ``strip_training=True`` drops them before
 matching.
 """
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,9 +68,7 @@ def resolve_weights(path):
             raise UserError(f"{path}: no such weights file")
         return str(p)
     if p.is_dir():
-        import tensorflow as tf
-
-        latest = tf.train.latest_checkpoint(str(p))
+        latest = latest_checkpoint_in(p)
         if latest is None:
             raise UserError(f"{path}: directory holds no checkpoint (no 'checkpoint' file)")
         return latest
@@ -82,27 +82,112 @@ def resolve_weights(path):
     raise UserError(f"{path}: no such weights file (expected an .npz or a checkpoint prefix with {Path(text).name}.index)")
 
 
+# A ``checkpoint`` state file is a few lines of text per kept checkpoint.
+MAX_STATE_FILE_BYTES = 1 << 20
+# Numbers in one weights file, checked from the declared shapes before anything is read: a few KB of deflated
+# zeros can declare gigabytes. cell.yaml's model has 68.6 million; with a checkpoint's optimizer slots ~3x that.
+MAX_WEIGHT_ELEMENTS = 1 << 30
+# What reading a damaged file raises (zipfile.BadZipFile, zlib.error and EOFError included; TensorFlow's
+# checkpoint reader raises IndexError "Read less bytes than requested" on a truncated .data file).
+READ_ERRORS = (OSError, ValueError, EOFError, KeyError, IndexError, RuntimeError, NotImplementedError,
+                zipfile.BadZipFile, zlib.error)
+
+
+def read_error(path, exc, kind="checkpoint"):
+    """The one-line UserError for ``exc``, raised while reading the ``kind`` file at ``path``."""
+    return UserError(f"{path}: unreadable {kind} ({(str(exc).splitlines() or [type(exc).__name__])[0]})")
+
+
+def latest_checkpoint_in(directory):
+    """Prefix of the checkpoint ``DIR/checkpoint`` names as the latest, or None if the directory has no such file.
+
+    UserError (one line) if that file is not TensorFlow's checkpoint list (binary, another program's
+    ``checkpoint``), or names a checkpoint whose ``.index`` does not exist: TensorFlow's own reader raised a
+    ``UnicodeDecodeError`` traceback for the first and accepted any existing file (``/etc/passwd``) for the second.
+    """
+    state = Path(directory) / "checkpoint"
+    if not state.is_file():
+        return None
+    if state.stat().st_size > MAX_STATE_FILE_BYTES:
+        raise UserError(f"{state}: {state.stat().st_size} bytes, not a TensorFlow checkpoint list")
+    import tensorflow as tf
+    from google.protobuf import text_format
+
+    try:
+        latest = tf.train.latest_checkpoint(str(directory))
+    except (UnicodeDecodeError, text_format.ParseError, tf.errors.OpError, ValueError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{state}: not a TensorFlow checkpoint list ({first})") from None
+    if latest is not None and not os.path.isfile(latest + ".index"):
+        raise UserError(f"{state}: names {latest}, which is not a checkpoint (no {Path(latest).name}.index)")
+    return latest
+
+
+def _check_total_size(path, shapes):
+    """UserError if the arrays ``{name: shape}`` a file declares hold more than :data:`MAX_WEIGHT_ELEMENTS` numbers."""
+    total = sum(int(np.prod(shape, dtype=np.float64)) for shape in shapes.values())
+    if total > MAX_WEIGHT_ELEMENTS:
+        raise UserError(f"{path}: declares {total} numbers, more than the limit of {MAX_WEIGHT_ELEMENTS} "
+                        "(not the weights of a detector)")
+
+
+def _npz_shapes(path):
+    """``{member: shape}`` of an ``.npz`` from the ``.npy`` headers alone (nothing decompressed beyond them)."""
+    shapes = {}
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, _ = read_header(member)
+            shapes[info.filename] = shape
+    return shapes
+
+
 def read_weights(path):
     """All variables stored in a weights file: ``{name: np.ndarray}`` (names without ``:0``).
 
     ``path`` as accepted by :func:`resolve_weights`. Nothing is filtered here;
-    see :func:`inference_weights`.
+    see :func:`inference_weights`. A file that is damaged, truncated, not of
+    its kind, or declares more than :data:`MAX_WEIGHT_ELEMENTS` numbers is a
+    one-line UserError. Values are checked where they are used
+    (:func:`check_numbers`).
     """
     resolved = resolve_weights(path)
     if resolved.endswith(".npz"):
         try:
+            _check_total_size(path, _npz_shapes(resolved))
             with np.load(resolved, allow_pickle=False) as data:
                 return {(k[:-2] if k.endswith(":0") else k): data[k] for k in data.files}
-        except (OSError, ValueError) as exc:
-            raise UserError(f"{path}: unreadable .npz ({exc})") from None
+        except READ_ERRORS as exc:
+            raise read_error(path, exc, ".npz") from None
     import tensorflow as tf
 
     try:
         reader = tf.train.load_checkpoint(resolved)
         names = reader.get_variable_to_shape_map()
+        _check_total_size(path, names)
         return {name: reader.get_tensor(name) for name in sorted(names)}
-    except (tf.errors.OpError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable checkpoint ({str(exc).splitlines()[0]})") from None
+    except (tf.errors.OpError, *READ_ERRORS) as exc:
+        raise read_error(path, exc) from None
+
+
+def check_numbers(weights, names, source=None):
+    """UserError naming the first of ``names`` whose array in ``weights`` is not real numbers, or not finite.
+
+    A string array of the right shape was cast to floats and trained on, a
+    boolean or complex one loaded as 0/1 or without its imaginary part, and
+    a NaN weight made every detection NaN (eval, predict and export said
+    nothing): a weights file is refused before a value of it reaches a model.
+    """
+    prefix = f"{source}: " if source else ""
+    for name in names:
+        value = np.asarray(weights[name])
+        if value.dtype.kind not in "fiu":
+            raise UserError(prefix + f"{name} holds {value.dtype} values, not numbers (not a weights file of a model)")
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise UserError(prefix + f"{name} holds NaN or infinite values (saved from a diverged run?)")
 
 
 def check_weights_match(weights, model_variables, source=None):
@@ -124,6 +209,8 @@ def check_weights_match(weights, model_variables, source=None):
         for n, s in model_variables.items()
         if n in weights and tuple(weights[n].shape) != tuple(s)
     ]
+    if not missing and not mismatched:
+        check_numbers(weights, model_variables, source)
     if missing or mismatched:
         parts = []
         if missing:
@@ -132,8 +219,6 @@ def check_weights_match(weights, model_variables, source=None):
             parts.append(f"{len(mismatched)} with another shape (e.g. {'; '.join(mismatched[:2])})")
         prefix = f"{source}: " if source else ""
         raise UserError(prefix + "weights do not fit the model of this config: " + ", ".join(parts))
-
-
 
 
 @dataclass
@@ -179,7 +264,7 @@ def _is_tower_replica(name):
     return head.startswith("tower") and head[5:].isdigit() and head != "tower0"
 
 
-def match_weights(values, graph_variables, strip_training=True):
+def match_weights(values, graph_variables, strip_training=True, source=None):
     """Decide which file tensors go into which graph variables.
 
     Args:
@@ -187,6 +272,7 @@ def match_weights(values, graph_variables, strip_training=True):
       graph_variables: ``{name: shape tuple}`` of the graph's global variables.
       strip_training: drop training-only names (:func:`is_training_only`)
         from ``values`` first (recommended for a fine-tuning start point).
+      source: the file's name for the UserError of a value that is not a finite number (:func:`check_numbers`).
     Returns ``(assignments {name: array}, LoadReport)``. A graph variable that
     is training-only or a multi-GPU replica is never reported missing: the
     optimizer creates the former and the trainer copies the latter.
@@ -212,6 +298,7 @@ def match_weights(values, graph_variables, strip_training=True):
             continue
         assignments[name] = value
         report.loaded.append(name)
+    check_numbers(assignments, sorted(assignments), source)
     report.unused = sorted(set(file_values) - set(graph))
     report.loaded.sort()
     report.missing.sort()
