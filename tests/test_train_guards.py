@@ -185,6 +185,42 @@ def test_hostile_start_weights_or_checkpoint_list_are_preflight_errors(caches, t
     assert _listing(logdir) == before
 
 
+def test_log_dir_in_a_cache_and_val_of_another_mode_are_preflight_errors(caches, tmp_path):
+    """Was: checkpoints, config.yaml and events written into the cache (which build --overwrite then refused
+    to replace), and a table detector scored on a page-mode val cache without a word."""
+    from ddcache.build import BuildOptions, build_cache
+    from ddcache.resolution import Resolution
+    from trainer.train import train_main
+
+    train = caches["train"]
+    before = _listing(train)
+    for logdir, message in ((train, "is the same directory as cache"), (train / "run", "lies inside cache")):
+        with pytest.raises(UserError, match=message):
+            train_main(TINY, [train], [caches["val"]], logdir, steps=2, gpus=0, workers=0)
+    from trainer.evaluate import evaluate_checkpoints
+
+    np.savez(tmp_path / "w.npz", x=np.zeros(1, np.float32))
+    with pytest.raises(UserError, match="lies inside --cache"):
+        evaluate_checkpoints(TINY, [train], [tmp_path / "w.npz"], out_dir=train / "eval")
+    assert _listing(train) == before
+    page = tmp_path / "page"
+    build_cache(BuildOptions(dataset="fintabnet", source=str(train.parent / "src"), split="val", out=str(page),
+                             workers=1, mode="page", resolution=Resolution(72)), progress=False)
+    with pytest.raises(UserError, match="is page-mode but train cache .* is table-mode"):
+        train_main(TINY, [train], [page], tmp_path / "run", steps=2, gpus=0, workers=0)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_val_cache_that_is_also_a_train_cache_is_a_warning(caches):
+    from trainer.preflight import check_val_matches_train
+
+    warnings = []
+    check_val_matches_train([str(caches["train"])], [str(caches["val"]), str(caches["train"])], warnings.append)
+    assert len(warnings) == 1 and "is also a train cache" in warnings[0]
+    check_val_matches_train([str(caches["train"])], [str(caches["val"])], warnings.append)
+    assert len(warnings) == 1
+
+
 def test_first_shape_mismatch_order():
     from trainer.weights import is_training_only
     from trainer.preflight import first_shape_mismatch

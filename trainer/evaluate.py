@@ -240,6 +240,7 @@ def evaluate_checkpoints(config, caches, weights, max_datapoints=None, out_dir=N
     ``report.txt``. Missing weights/caches raise UserError before any model
     is built.
     """
+    from ddcache.outputs import check_disjoint
     from ddcache.store import CacheReader
     from trainer.coco_eval import CocoEvaluator
     from trainer.weights import resolve_weights
@@ -260,6 +261,7 @@ def evaluate_checkpoints(config, caches, weights, max_datapoints=None, out_dir=N
     except ValueError as exc:
         raise UserError(f"DATA.CATEGORIES: {exc}") from None
     out = Path(out_dir) if out_dir is not None else default_out_dir(weights, caches)
+    check_disjoint(out, caches, "--out", "--cache")
     out.mkdir(parents=True, exist_ok=True)
 
     names = checkpoint_names(weights)

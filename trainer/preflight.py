@@ -58,6 +58,29 @@ def check_caches(paths, what, categories):
     return paths
 
 
+def check_val_matches_train(train_paths, val_paths, warn):
+    """UserError if the val caches are of another mode than the train caches (page vs table); ``warn`` (one line)
+    for a val cache that is also a train cache.
+
+    A table detector scored on whole pages (or the reverse) gives an AP of
+    another task with no sign of it; evaluating on the training data is
+    sometimes meant (a smoke test), so that is only said.
+    """
+    import os
+
+    from ddcache.store import CacheReader
+
+    train, val = CacheReader(train_paths), CacheReader(val_paths)
+    t_mode, v_mode = train.manifests[0]["mode"], val.manifests[0]["mode"]
+    if t_mode != v_mode:
+        raise UserError(f"val cache {val.paths[0]} is {v_mode}-mode but train cache {train.paths[0]} is {t_mode}-mode: "
+                        "the evaluation would score another task; build the val cache with the train cache's --mode")
+    trained = {os.path.realpath(p) for p in train.paths}
+    for path in val.paths:
+        if os.path.realpath(path) in trained:
+            warn(f"val cache {path} is also a train cache: eval/* measure the data the model is trained on")
+
+
 def _probe_indices(n, probes):
     return sorted({int(i) for i in np.linspace(0, n - 1, num=min(n, probes))})
 

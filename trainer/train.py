@@ -52,7 +52,7 @@ import numpy as np
 
 import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from ddcache.errors import UserError
-from ddcache.outputs import check_output
+from ddcache.outputs import check_disjoint, check_output
 from trainer import ctrl_c
 from trainer.config import MAX_WORKERS, load_user_config
 
@@ -309,7 +309,9 @@ def plan_run(config, train, val, logdir, weights=None, overrides=(), steps=None,
     logdir = check_output(logdir, "--logdir")
     train = preflight.check_caches(list(train), "train", categories)
     val = preflight.check_caches(list(val), "val", categories)
+    check_disjoint(logdir, train + val, "--logdir", "cache")  # checkpoints written into a cache: it cannot be rebuilt
     preflight.check_usable_boxes(train, categories)
+    preflight.check_val_matches_train(train, val, warn)
     for message in preflight.resolution_warnings(train, val, cfg):
         warn(message)
     resume = latest_checkpoint(logdir) if logdir.is_dir() else None
