@@ -5,6 +5,7 @@ The smoke run trains ``configs/tiny.yaml`` on a synthetic FinTabNet cache:
 step 3 (not 0) and is stopped by Ctrl-C, which must leave a checkpoint.
 """
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -267,3 +268,63 @@ def test_ctrl_c_inside_the_training_loop_is_a_flag_not_an_exception():
     with pytest.raises(KeyboardInterrupt):
         ctrl_c.on_sigint(2, None)
     assert not ctrl_c.REQUESTED.is_set()
+
+
+def test_sigterm_to_the_process_group_saves_like_ctrl_c_and_old_checkpoints_are_pruned_after_a_resume(caches,
+                                                                                                        tmp_path):
+    """Was: SIGTERM (a scheduler's stop, sent to every process of the job) killed ddtrain at once: 'Terminated',
+    exit 143, every step since the last periodic checkpoint lost. And a resumed run never deleted the earlier run's
+    checkpoints (TRAIN.MAX_CHECKPOINTS counted only its own saves), so every restart left more behind."""
+    import signal
+
+    from trainer.train import checkpoint_step, latest_checkpoint, train_main
+
+    logdir = tmp_path / "run"
+    overrides = ["TRAIN.STEPS_PER_EPOCH=1", "TRAIN.CHECKPOINT_PERIOD=1", "TRAIN.EVAL_PERIOD=1000",
+                 "TRAIN.MAX_CHECKPOINTS=1"]
+    train_main(TINY, [caches["train"]], [caches["val"]], logdir, overrides=overrides, steps=2, gpus=0, workers=0,
+               echo=lambda _: None)
+    assert sorted(p.name for p in logdir.glob("*.index")) == ["model-2.index"]
+    cmd = [sys.executable, "-c", "from trainer.cli import run; run()", "train", "--config", str(TINY), "--train",
+           str(caches["train"]), "--val", str(caches["val"]), "--logdir", str(logdir), "--steps", "500",
+           "--workers", "1", "--gpus", "0", "--log-every", "1"] + [a for o in overrides for a in ("--override", o)]
+    err_path = tmp_path / "ddtrain.stderr"
+    with open(err_path, "w") as err_file:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_file, text=True, cwd=ROOT,
+                                start_new_session=True)  # its own process group: the map worker gets it too
+        try:
+            for line in proc.stdout:
+                if line.startswith("step   4/500"):
+                    break
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.communicate(timeout=90)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    err = err_path.read_text()
+    assert proc.returncode == 143, err[-3000:]
+    step = checkpoint_step(latest_checkpoint(logdir))
+    assert step >= 4
+    assert [x for x in err.splitlines() if x.startswith("ddtrain")] == [
+        "ddtrain: SIGTERM: stopping after the current step and saving a checkpoint",
+        f"ddtrain: interrupted at global step {step}; checkpoint {logdir}/model-{step}"]
+    assert sorted(p.name for p in logdir.glob("*.index")) == [f"model-{step}.index"]  # model-2 pruned too
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_the_run(tmp_path):
+    """tensorpack's ModelSaver logged a failed save (a full disk) and went on: exit 0, 'checkpoint model-N', no file."""
+    import errno
+
+    from trainer.callbacks import CheckpointSaver
+    from trainer.guards import RunFailure
+
+    class FullDisk:
+        def save(self, *args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    failure = RunFailure()
+    saver = CheckpointSaver(failure=failure, checkpoint_dir=str(tmp_path))
+    saver.saver, saver.path = FullDisk(), str(tmp_path / "model")
+    assert saver._save() is False
+    assert failure.reason == f"could not write a checkpoint into {tmp_path} ([Errno 28] No space left on device)"

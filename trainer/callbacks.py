@@ -128,6 +128,9 @@ class CheckpointSaver(ModelSaver):
     update after a finite loss can still write NaN), the state left by an
     exception other than Ctrl-C, and a final state no step of this run has
     changed (a resume that fails at once must not add a checkpoint).
+    A save that fails (a full disk) is a failure of the run, not a log line
+    (:meth:`_save`); a restarted run keeps deleting the oldest of the
+    ``max_to_keep`` checkpoints, the earlier runs' included.
     Steps are read from the graph's ``global_step`` variable, not tensorpack's
     Python counter: after a Ctrl-C inside a step the variable can be one ahead,
     and it is what the checkpoint stores and is named after.
@@ -151,9 +154,37 @@ class CheckpointSaver(ModelSaver):
             self._finite = tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in variables]) if variables else None
 
     def _before_train(self):
+        import tensorflow as tf
         from tensorpack.tfutils.common import get_global_step_value
 
         self._start_step = get_global_step_value()
+        # After a restart the saver knows only what it saves itself: without this, every resume left up to
+        # MAX_CHECKPOINTS more checkpoints behind for good (a cell.yaml checkpoint with its optimizer state is ~0.8 GB)
+        state = tf.train.get_checkpoint_state(self.checkpoint_dir)
+        if state is not None:
+            self.saver.recover_last_checkpoints(list(state.all_model_checkpoint_paths))
+
+    def _save(self):
+        """Write the checkpoint; False (and the reason recorded in ``failure``) if it could not be written.
+
+        tensorpack's ``ModelSaver`` logs a failed save (a full disk: ``IOError``,
+        ``ResourceExhaustedError``) and carries on, so a run ended with exit code 0,
+        "checkpoint model-N" and no such file; here it stops the run instead.
+        """
+        import tensorflow as tf
+
+        try:
+            self.saver.save(tf.compat.v1.get_default_session(), self.path,
+                            global_step=tf.compat.v1.train.get_global_step(), write_meta_graph=False)
+            return True
+        except (OSError, tf.errors.OpError) as exc:
+            text = (str(getattr(exc, "message", "") or exc).strip().splitlines() or [type(exc).__name__])[0]
+            reason = f"could not write a checkpoint into {self.checkpoint_dir} ({text})"
+            if self.failure is None:
+                raise
+            self.failure.record(reason)
+            logger.error(reason)
+            return False
 
     def _first_non_finite(self):
         if self._finite is None:
@@ -173,7 +204,8 @@ class CheckpointSaver(ModelSaver):
                 self.failure.record(f"variable {bad} is not finite", step)
             logger.warn(f"not saving global step {step}: variable {bad} is not finite")
             return
-        super()._trigger()
+        if not self._save():
+            return
         self.last_saved_step = step
         self.last_path = f"{self.path}-{step}"
 

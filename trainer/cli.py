@@ -62,6 +62,10 @@ def run():
     try:
         run_with_error_policy(main, "ddtrain")
     except SystemExit as exc:
+        if exc.code == 130:  # the error policy's "interrupted": by SIGTERM, say so in the code (143)
+            from trainer import ctrl_c
+
+            exc.code = ctrl_c.exit_code()
         if exc.code not in (0, None):
             # Ctrl-C or a failed run: the outcome is saved and reported; teardown (input threads, ZMQ
             # sockets of map workers, perhaps a dead one) must not keep the process alive

@@ -140,7 +140,11 @@ class _Counted(ProxyDataFlow):
 
 
 def stop_map_workers(df):
-    """Terminate the map workers of ``df`` now (at the end of a run) and leave its ZMQ sockets alone.
+    """Kill the map workers of ``df`` now (at the end of a run) and leave its ZMQ sockets alone.
+
+    SIGKILL, not SIGTERM: the workers hold nothing worth a clean exit, and under
+    ``ddtrain train`` they ignore SIGTERM (``trainer.train.watch_interrupts``: a
+    scheduler's SIGTERM to the process group must not kill them mid-run).
 
     tensorpack's own clean-up (at exit or garbage collection) also destroys
     the ZMQ context, which is not safe while the feeding thread may still be
@@ -153,7 +157,7 @@ def stop_map_workers(df):
         if procs:
             for proc in procs:
                 if proc.exitcode is None:
-                    proc.terminate()
+                    proc.kill()
             for proc in procs:
                 proc.join(timeout=5)
             node._reset_done = False

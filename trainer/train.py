@@ -35,7 +35,7 @@ mapping (``--workers 0``) give identical losses and weights.
 The log dir is never wiped (``logger.set_logger_dir(dir, action='k')``).
 ``TRAIN.STARTING_EPOCH`` is not used: the starting epoch follows from the
 restored global step.
-Ctrl-C saves a checkpoint, then exits 130 with one line.
+Ctrl-C (or SIGTERM) saves a checkpoint, then exits 130 (143) with one line.
 """
 import contextlib
 import math
@@ -62,8 +62,8 @@ CONFIG_NAME = "config.yaml"
 INTERRUPT_EXIT_GRACE_S = 30  # after Ctrl-C or a failure, the outcome is saved and reported; teardown is bounded
 
 
-def watch_interrupts(code=130, prog="ddtrain"):
-    """Say at once that Ctrl-C was seen, and let a second Ctrl-C end the process immediately.
+def watch_interrupts(prog="ddtrain"):
+    """Say at once that Ctrl-C (or SIGTERM) was seen, and let a second one end the process immediately.
 
     Python acts on SIGINT only when the main thread runs Python code; a
     training step blocked inside TensorFlow (e.g. waiting for data) defers
@@ -74,30 +74,44 @@ def watch_interrupts(code=130, prog="ddtrain"):
     KeyboardInterrupt as usual. The signal is also written to a wakeup pipe
     that a daemon thread watches, so the user is told at once, and a second
     Ctrl-C leaves at once (no new checkpoint; the latest one stays usable).
+    SIGTERM is treated as the first Ctrl-C (``trainer.ctrl_c``), so a
+    scheduler's stop saves the run instead of killing it; a repeated SIGTERM
+    changes nothing (wrappers such as ``timeout`` pass on the one their process
+    group got, so one stop arrives twice); SIGKILL is the way to leave at once.
     Main thread only; armed by the ``ddtrain`` entry point.
     """
     import signal
 
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
-    signal.signal(signal.SIGINT, ctrl_c.on_sigint)
+    for signum in ctrl_c.STOP_SIGNALS:
+        signal.signal(signum, ctrl_c.on_sigint)
     signal.set_wakeup_fd(write_fd)
-    # Forked map workers inherit the pipe: their SIGINTs (a terminal's Ctrl-C reaches the whole
-    # process group) must not count as this process's second Ctrl-C.
-    os.register_at_fork(after_in_child=lambda: signal.set_wakeup_fd(-1))
+
+    def in_child():
+        # Forked map workers inherit the pipe: their signals (a terminal's Ctrl-C reaches the whole process
+        # group) must not count as this process's second one. A SIGTERM sent to the whole group (as schedulers
+        # do) must not kill a worker either: that would end the run as a failure, without the checkpoint; the
+        # workers die with the training process (PR_SET_PDEATHSIG) whatever ends it.
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    os.register_at_fork(after_in_child=in_child)
 
     def watch():
-        seen = 0
+        seen = []
         while True:
-            seen += os.read(read_fd, 64).count(int(signal.SIGINT))
-            if seen == 1:  # on a line of its own: a progress bar may be mid-line
-                sys.stderr.write(f"\n{prog}: Ctrl-C: stopping after the current step and saving a checkpoint "
-                                 "(Ctrl-C again to leave at once)\n")
-                sys.stderr.flush()
-            elif seen >= 2:
-                sys.stderr.write(f"\n{prog}: second Ctrl-C: leaving now without a new checkpoint\n")
-                sys.stderr.flush()
-                os._exit(code)
+            for signum in (b for b in os.read(read_fd, 64) if b in ctrl_c.STOP_SIGNALS):
+                seen.append(signum)
+                if len(seen) == 1:  # on a line of its own: a progress bar may be mid-line
+                    again = " (Ctrl-C again to leave at once)" if signum == signal.SIGINT else ""
+                    sys.stderr.write(f"\n{prog}: {ctrl_c.signal_name(signum)}: stopping after the current step and "
+                                     f"saving a checkpoint{again}\n")
+                    sys.stderr.flush()
+                elif signum == signal.SIGINT:  # a repeated SIGTERM is a wrapper passing it on, not a person
+                    sys.stderr.write(f"\n{prog}: second Ctrl-C: leaving now without a new checkpoint\n")
+                    sys.stderr.flush()
+                    os._exit(128 + seen[0])
 
     threading.Thread(target=watch, name="ctrl-c-watch", daemon=True).start()
 
@@ -545,7 +559,7 @@ def train(ctx, config_path, train_caches, val_caches, logdir, weights, overrides
                    log_every=log_every, verbose=verbose)
     except TrainingInterrupted as exc:
         click.echo(f"ddtrain: {exc}", err=True)
-        sys.exit(130)
+        sys.exit(ctrl_c.exit_code())
     except TrainingFailed as exc:
         click.echo(f"ddtrain: error: {exc}", err=True)
         sys.exit(1)
