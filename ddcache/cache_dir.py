@@ -54,12 +54,17 @@ def _trash_dir(out):
 
 
 class BuildLock:
-    """Exclusive lock on ``OUT.lock`` for the life of one build (a context manager); UserError if another build holds it."""
+    """Exclusive lock on ``OUT.lock`` for the life of one build (a context manager); UserError if another build holds it.
 
-    def __init__(self, out):
+    ``activity`` / ``option`` name the writer and its flag in the messages (``ddtrain train`` locks ``--logdir``
+    with it: one training run per log dir).
+    """
+
+    def __init__(self, out, activity="build", option="--out"):
         self.out = Path(out)
         self.path = self.out.with_name(self.out.name + ".lock")
         self.fd = None
+        self.activity, self.option = activity, option
 
     def __enter__(self):
         while True:
@@ -69,14 +74,14 @@ class BuildLock:
                 if exc.errno not in (errno.ELOOP, errno.EISDIR):
                     raise
                 raise UserError(f"{self.path} is not a ddcache lock file (a symlink or a directory); remove it or "
-                                "choose another --out") from None
+                                f"choose another {self.option}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
                 os.close(fd)
-                raise UserError(f"another build is writing {self.out} (process {holder or '?'} holds {self.path}); "
-                                "wait for it to finish or stop it") from None
+                raise UserError(f"another {self.activity} is writing {self.out} (process {holder or '?'} holds "
+                                f"{self.path}); wait for it to finish or stop it") from None
             try:
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -87,7 +92,7 @@ class BuildLock:
         if not _is_lock_file(fd):
             os.close(fd)
             raise UserError(f"{self.path} is not a ddcache lock file (it holds other data); remove it or choose "
-                            "another --out")
+                            f"another {self.option}")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd

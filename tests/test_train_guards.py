@@ -221,6 +221,18 @@ def test_a_val_cache_that_is_also_a_train_cache_is_a_warning(caches):
     assert len(warnings) == 1
 
 
+def test_a_second_training_run_into_the_same_log_dir_is_refused(caches, tmp_path):
+    """Was: both trained, interleaving their checkpoints and overwriting each other's checkpoint list."""
+    from ddcache.cache_dir import BuildLock
+    from trainer.train import train_main
+
+    logdir = tmp_path / "run"
+    with BuildLock(logdir, activity="training run", option="--logdir"):  # the first run, still training
+        with pytest.raises(UserError, match=f"another training run is writing {logdir} "):
+            train_main(TINY, [caches["train"]], [caches["val"]], logdir, steps=2, gpus=0, workers=0)
+    assert not logdir.exists()
+
+
 def test_first_shape_mismatch_order():
     from trainer.weights import is_training_only
     from trainer.preflight import first_shape_mismatch

@@ -393,7 +393,29 @@ def train_main(config, train, val, logdir, weights=None, overrides=(), steps=Non
     if plan.choice is None:
         echo(f"{plan.resume}: global step {plan.start_step} already >= {plan.last_step}; nothing to train")
         return {"global_step": plan.start_step, "checkpoint": plan.resume, "logdir": str(plan.logdir), "eval": []}
-    return _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_every, verbose)
+    with _log_dir_lock(plan):
+        return _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_every, verbose)
+
+
+@contextlib.contextmanager
+def _log_dir_lock(plan):
+    """One training run per log dir: ``LOGDIR.lock`` (``ddcache.cache_dir.BuildLock``) held by the writing rank.
+
+    Two runs into one log dir interleaved their checkpoints, overwrote each
+    other's ``checkpoint`` list and resumed from each other's steps. Taken
+    after pre-flight (which writes nothing); the checkpoint pre-flight chose to
+    resume from is checked again under the lock, in case a run that just ended
+    wrote a newer one.
+    """
+    if not plan.choice.is_chief:  # Horovod's other ranks write nothing into the log dir
+        yield
+        return
+    from ddcache.cache_dir import BuildLock
+
+    with BuildLock(plan.logdir, activity="training run", option="--logdir"):
+        if plan.logdir.is_dir() and latest_checkpoint(plan.logdir) != plan.resume:
+            raise UserError(f"{plan.logdir}: a checkpoint was written while this run was being checked; re-run")
+        yield
 
 
 def _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_every, verbose):
