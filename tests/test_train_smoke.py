@@ -118,6 +118,13 @@ def _stats(logdir):
     return json.loads((Path(logdir) / "stats.json").read_text())
 
 
+def _train_to_500_command(caches, logdir, overrides):
+    """``ddtrain train`` of the tiny config into ``logdir`` with one console line per step, for a signal to stop."""
+    return [sys.executable, "-c", "from trainer.cli import run; run()", "train", "--config", str(TINY), "--train",
+            str(caches["train"]), "--val", str(caches["val"]), "--logdir", str(logdir), "--steps", "500",
+            "--workers", "1", "--gpus", "0", "--log-every", "1"] + [a for o in overrides for a in ("--override", o)]
+
+
 def test_train_stop_then_resume_then_ctrl_c(caches, tmp_path):
     """In-process run to --steps 3 (stop inside epoch 2), then ``ddtrain train`` on the same log dir resumes
     at global step 3 with the LR schedule at step 3, and a real SIGINT after its first step leaves a
@@ -142,9 +149,7 @@ def test_train_stop_then_resume_then_ctrl_c(caches, tmp_path):
     assert all(0.0 <= s["eval/AP50"] <= 1.0 for s in evals)
     assert [step for step, _ in result["eval"]] == [2, 3]
 
-    cmd = [sys.executable, "-c", "from trainer.cli import run; run()", "train", "--config", str(TINY), "--train",
-           str(caches["train"]), "--val", str(caches["val"]), "--logdir", str(logdir), "--steps", "500",
-           "--workers", "1", "--gpus", "0", "--log-every", "1"] + [a for o in overrides for a in ("--override", o)]
+    cmd = _train_to_500_command(caches, logdir, overrides)
     # A shell's background job inherits SIGINT ignored; Python then never raises KeyboardInterrupt. Reset it.
     # stderr goes to a file: an unread pipe would block the child once TensorFlow's warnings fill it
     err_path = tmp_path / "ddtrain.stderr"
@@ -285,9 +290,7 @@ def test_sigterm_to_the_process_group_saves_like_ctrl_c_and_old_checkpoints_are_
     train_main(TINY, [caches["train"]], [caches["val"]], logdir, overrides=overrides, steps=2, gpus=0, workers=0,
                echo=lambda _: None)
     assert sorted(p.name for p in logdir.glob("*.index")) == ["model-2.index"]
-    cmd = [sys.executable, "-c", "from trainer.cli import run; run()", "train", "--config", str(TINY), "--train",
-           str(caches["train"]), "--val", str(caches["val"]), "--logdir", str(logdir), "--steps", "500",
-           "--workers", "1", "--gpus", "0", "--log-every", "1"] + [a for o in overrides for a in ("--override", o)]
+    cmd = _train_to_500_command(caches, logdir, overrides)
     err_path = tmp_path / "ddtrain.stderr"
     with open(err_path, "w") as err_file:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_file, text=True, cwd=ROOT,

@@ -174,8 +174,9 @@ class CheckpointSaver(ModelSaver):
         import tensorflow as tf
 
         try:
-            self.saver.save(tf.compat.v1.get_default_session(), self.path,
-                            global_step=tf.compat.v1.train.get_global_step(), write_meta_graph=False)
+            saved = self.saver.save(tf.compat.v1.get_default_session(), self.path,
+                                    global_step=tf.compat.v1.train.get_global_step(), write_meta_graph=False)
+            logger.info(f"Model saved to {saved}.")  # tensorpack's line (log.log readers look for it)
             return True
         except (OSError, tf.errors.OpError) as exc:
             text = (str(getattr(exc, "message", "") or exc).strip().splitlines() or [type(exc).__name__])[0]
