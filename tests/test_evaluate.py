@@ -179,3 +179,25 @@ def test_eval_cli_missing_input_is_one_line_error(cell_cache, tmp_path, what):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ddtrain: error:")
     assert ("missing.npz" if what == "weights" else "no-cache") in lines[0]
+
+
+def test_eval_with_a_damaged_later_weights_file_writes_nothing(cell_cache, two_checkpoints, tmp_path):
+    """Was: the first checkpoint was evaluated and its detections written, then the damaged second one failed
+    (no report.json): a half result."""
+    from click.testing import CliRunner
+
+    from test_predictor import TINY
+    from trainer.cli import main
+
+    damaged = tmp_path / "damaged.npz"
+    np.savez(damaged, x=np.zeros(1000))
+    damaged.write_bytes(damaged.read_bytes()[:200])  # truncated
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["eval", "--config", str(TINY), "--cache", str(cell_cache), "--weights",
+                                       two_checkpoints[0], "--weights", str(damaged), "--max-datapoints", "1",
+                                       "--out", str(out)])
+    from ddcache.errors import UserError
+
+    assert isinstance(result.exception, UserError), result.output
+    assert "damaged.npz: unreadable .npz" in str(result.exception)
+    assert not out.exists() or list(out.iterdir()) == []

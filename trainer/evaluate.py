@@ -238,12 +238,13 @@ def evaluate_checkpoints(config, caches, weights, max_datapoints=None, out_dir=N
     1..K), ``detections-<NAME>.json`` per checkpoint (COCO results for
     ``ground_truth.json``; boxes in cache-image pixels), ``report.json`` and
     ``report.txt``. Missing weights/caches raise UserError before any model
-    is built.
+    is built; with several weights files each is read and checked first (one
+    extra read), so a damaged one stops the run before anything is written.
     """
     from ddcache.outputs import check_disjoint
     from ddcache.store import CacheReader
     from trainer.coco_eval import CocoEvaluator
-    from trainer.weights import resolve_weights
+    from trainer.weights import check_numbers, read_weights, resolve_weights
     from trainer.config import load_user_config
     from trainer.predictor import Predictor
 
@@ -252,6 +253,11 @@ def evaluate_checkpoints(config, caches, weights, max_datapoints=None, out_dir=N
         raise UserError("no --weights given")
     for w in weights:
         resolve_weights(w)
+    if len(weights) > 1:  # a damaged later file must fail before the earlier ones are evaluated (no half report)
+        for w in weights:
+            values = read_weights(w)
+            check_numbers(values, sorted(values), source=w)
+            del values
     if not caches:
         raise UserError("no --cache given")
     reader = CacheReader(list(caches))
