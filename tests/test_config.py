@@ -215,7 +215,10 @@ def test_defaults_alone_load():
     ("PREPROC.PIXEL_MEAN=[.nan, 1, 1]", "PREPROC.PIXEL_MEAN[0]: nan must be in [0, 255]"),
     ("RPN.ANCHOR_RATIOS=[1e-300, 1, 2]", "RPN.ANCHOR_RATIOS[0]: 1e-300 must be in [0.001, 1000]"),  # IndexError
     ("TRAIN.NUM_WORKERS=1000", "TRAIN.NUM_WORKERS: 1000 must be in 0..64"),
-    ("BACKBONE.WIDTH_MULT=.nan", "BACKBONE.WIDTH_MULT: nan must be > 0"),  # was a ValueError traceback
+    ("FPN.NUM_CHANNEL=25600", "FPN.NUM_CHANNEL: 25600 must be in 1..2048"),  # gigabytes of weights
+    ("FPN.FC_HEAD_DIM=1000000", "FPN.FC_HEAD_DIM: 1000000 must be in 1..4096"),
+    ("BACKBONE.WIDTH_MULT=64", "BACKBONE.WIDTH_MULT: 64.0 must be in (0, 4]"),
+    ("BACKBONE.WIDTH_MULT=.nan", "BACKBONE.WIDTH_MULT: nan must be in (0, 4]"),  # was a ValueError traceback
     ("MODE_FPN=false", "MODE_FPN: must be true"),  # was a ValueError traceback after the log dir was written
     ("FPN.CASCADE=false", "FPN.CASCADE: must be true"),
     ("FPN.ANCHOR_STRIDES=[3, 5, 7, 9, 11]", "FPN.ANCHOR_STRIDES: [3, 5, 7, 9, 11] must be [4, 8, 16, 32, 64]"),

@@ -162,6 +162,13 @@ _SHARE = ("in (0, 1]", lambda v: 0 < v <= 1)
 # floats in every process (PREPROC.MAX_SIZE 100000 asked for 9.3 GiB and died in numpy); 8192 takes ~270 MB.
 MAX_IMAGE_SIDE = 8192
 _IMAGE_SIDE = (f"in 1..{MAX_IMAGE_SIDE}", lambda v: 1 <= v <= MAX_IMAGE_SIDE)
+# Layer widths: a typo (FPN.NUM_CHANNEL=25600) would allocate gigabytes of weights before any check could run.
+# The published models use 256 / 1024 channels and WIDTH_MULT 1; these bounds are 8x / 4x those.
+MAX_CHANNELS = 2048
+MAX_FC_DIM = 4096
+MAX_WIDTH_MULT = 4.0
+_CHANNELS = (f"in 1..{MAX_CHANNELS}", lambda v: 1 <= v <= MAX_CHANNELS)
+_FC_DIM = (f"in 1..{MAX_FC_DIM}", lambda v: 1 <= v <= MAX_FC_DIM)
 # Each map worker is a forked copy of the training process; more than this only loads the machine.
 MAX_WORKERS = 64
 # The backbone + FPN fix the pyramid: P2..P6 at these strides (ANCHOR_STRIDES is a fact of the model, not a knob).
@@ -169,11 +176,11 @@ PYRAMID_STRIDES = [4, 8, 16, 32, 64]
 RANGES = {
     "BACKBONE.RESNET_NUM_BLOCKS": _AT_LEAST_ONE,
     "BACKBONE.FREEZE_AT": ("in 0..5 (conv0 and the 4 groups)", lambda v: 0 <= v <= 5),
-    "BACKBONE.WIDTH_MULT": _POSITIVE,
-    "FPN.NUM_CHANNEL": _AT_LEAST_ONE,
+    "BACKBONE.WIDTH_MULT": (f"in (0, {MAX_WIDTH_MULT:g}]", lambda v: 0 < v <= MAX_WIDTH_MULT),
+    "FPN.NUM_CHANNEL": _CHANNELS,
     "FPN.ANCHOR_STRIDES": _AT_LEAST_ONE,
-    "FPN.FC_HEAD_DIM": _AT_LEAST_ONE,
-    "FPN.CONV_HEAD_DIM": _AT_LEAST_ONE,
+    "FPN.FC_HEAD_DIM": _FC_DIM,
+    "FPN.CONV_HEAD_DIM": _CHANNELS,
     "FPN.RESOLUTION_REQUIREMENT": _AT_LEAST_ONE,
     "CASCADE.IOUS": _FRACTION,
     "CASCADE.BBOX_REG_WEIGHTS": _POSITIVE,
@@ -191,7 +198,7 @@ RANGES = {
     "RPN.NEGATIVE_ANCHOR_THRESH": _FRACTION,
     "RPN.PROPOSAL_NMS_THRESH": _FRACTION,
     "RPN.MIN_SIZE": _NON_NEGATIVE,
-    "RPN.HEAD_DIM": _AT_LEAST_ONE,
+    "RPN.HEAD_DIM": _FC_DIM,
     "RPN.TRAIN_PRE_NMS_TOPK": _AT_LEAST_ONE,
     "RPN.TEST_PRE_NMS_TOPK": _AT_LEAST_ONE,
     "RPN.TRAIN_POST_NMS_TOPK": _AT_LEAST_ONE,
