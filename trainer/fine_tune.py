@@ -48,11 +48,13 @@ class FineTuneInit(SessionInit):
       strip_training: drop ``global_step``, ``learning_rate``, optimizer slots
         before matching.
       echo: callable for the report lines (default: tensorpack's logger).
+      values: the file's ``{name: array}`` if already read (pre-flight reads it), else read at init.
     After the session is initialised, :attr:`report` holds the :class:`LoadReport`.
     """
 
-    def __init__(self, path, strip_training=True, echo=None):
+    def __init__(self, path, strip_training=True, echo=None, values=None):
         self.path = resolve_weights(path)
+        self.values = values
         self.strip_training = strip_training
         self.echo = echo
         self.report = None
@@ -60,16 +62,17 @@ class FineTuneInit(SessionInit):
     def _run_init(self, sess):
         from tensorpack.utils import logger
 
-        self.report = load_weights(sess, self.path, self.strip_training)
+        self.report = load_weights(sess, self.path, self.strip_training, values=self.values)
+        self.values = None  # loaded into the session: the arrays need not stay in memory
         echo = self.echo or logger.info
         echo(f"weights {self.path}: " + "\n".join(self.report.lines()))
         for name, (have, want) in sorted(self.report.skipped.items()):
             logger.warn(f"not loaded (shape {tuple(have)} in file, {tuple(want)} in model): {name}")
 
 
-def load_weights(sess, path, strip_training=True):
-    """Load ``path`` into ``sess``'s graph now; returns the :class:`LoadReport` (for scripts and tests)."""
-    values = read_weights(path)
+def load_weights(sess, path, strip_training=True, values=None):
+    """Load ``path`` (or its already read ``values``) into ``sess``'s graph now; returns the :class:`LoadReport`."""
+    values = read_weights(path) if values is None else values
     assignments, report = match_weights(values, graph_variable_shapes(sess.graph), strip_training, source=path)
     with sess.graph.as_default():
         assign_to_session(sess, assignments)

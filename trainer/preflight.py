@@ -171,15 +171,10 @@ def first_shape_mismatch(checkpoint_shapes, model_shapes, is_training_only):
 
 def check_resume(checkpoint, cfg):
     """UserError (one line naming the first mismatching variable) unless ``checkpoint`` fits ``cfg``'s model."""
-    import tensorflow as tf
-
     from trainer.inference_export import model_variable_shapes
-    from trainer.weights import READ_ERRORS, is_training_only, read_error
+    from trainer.weights import is_training_only, open_checkpoint
 
-    try:
-        shapes = tf.train.load_checkpoint(str(checkpoint)).get_variable_to_shape_map()
-    except (tf.errors.OpError, *READ_ERRORS) as exc:
-        raise UserError(f"cannot resume: {read_error(checkpoint, exc)}") from None
+    shapes = open_checkpoint(checkpoint, "cannot resume: ").get_variable_to_shape_map()
     why = first_shape_mismatch(shapes, model_variable_shapes(cfg), is_training_only)
     if why:
         raise UserError(f"cannot resume from {checkpoint}: {why}; use another --logdir for another config")
@@ -192,7 +187,8 @@ def check_fine_tune_start(weights, cfg):
     failed inside the session set-up (a traceback, with ``config.yaml``
     already written), and a file of another model loaded nothing and trained
     from random weights with only ``loaded 0`` in the report. Values are
-    checked too (``trainer.weights.check_numbers``).
+    checked too (``trainer.weights.check_numbers``). Returns the values read,
+    which the run loads (the file is read once).
     """
     from trainer.inference_export import model_variable_shapes
     from trainer.weights import match_weights, read_weights
@@ -203,3 +199,4 @@ def check_fine_tune_start(weights, cfg):
         names = ", ".join(sorted(values)[:3]) or "none"
         raise UserError(f"--weights {weights}: none of its {len(values)} tensors ({names}, ...) fits a variable of "
                         "this config's model; not a checkpoint of this detector")
+    return values

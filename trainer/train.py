@@ -150,13 +150,11 @@ def checkpoint_step(prefix):
     """``global_step`` stored in a checkpoint (0 if it has none); UserError if the checkpoint cannot be read."""
     import tensorflow as tf
 
-    from trainer.weights import READ_ERRORS, read_error
+    from trainer.weights import READ_ERRORS, open_checkpoint, read_error
 
+    reader = open_checkpoint(prefix, "cannot resume: ")
     try:
-        reader = tf.train.load_checkpoint(prefix)
-        if not reader.has_tensor("global_step"):
-            return 0
-        return int(reader.get_tensor("global_step"))
+        return int(reader.get_tensor("global_step")) if reader.has_tensor("global_step") else 0
     except (tf.errors.OpError, *READ_ERRORS) as exc:
         raise UserError(f"cannot resume: {read_error(prefix, exc)}") from None
 
@@ -303,6 +301,7 @@ class RunPlan:
     workers: int = 0
     seed: int = 0
     accumulate: int = 1  # steps whose gradients make one update (trainer.lr_schedule)
+    weight_values: object = None  # --weights as read and checked by pre-flight (loaded from here, not read again)
 
 
 def plan_run(config, train, val, logdir, weights=None, overrides=(), steps=None, gpus=None, horovod=False,
@@ -349,7 +348,7 @@ def plan_run(config, train, val, logdir, weights=None, overrides=(), steps=None,
     if resume:
         preflight.check_resume(resume, cfg)
     elif weights is not None:
-        preflight.check_fine_tune_start(weights, cfg)
+        plan.weight_values = preflight.check_fine_tune_start(weights, cfg)
     plan.choice = choice
     plan.workers = int(cfg.TRAIN.NUM_WORKERS) if workers is None else int(workers)
     plan.seed = int(cfg.TRAIN.SEED) if seed is None else int(seed)
@@ -462,7 +461,7 @@ def _run(plan, eval_max_datapoints, eval_at_start, extra_callbacks, echo, log_ev
     elif plan.weights is not None:
         from trainer.fine_tune import FineTuneInit
 
-        session_init = FineTuneInit(plan.weights, strip_training=True, echo=echo)
+        session_init = FineTuneInit(plan.weights, strip_training=True, echo=echo, values=plan.weight_values)
 
     spe = int(cfg.TRAIN.STEPS_PER_EPOCH)
     starting_epoch, first_epoch_steps = cbs.resume_position(start_step, spe)

@@ -98,6 +98,17 @@ def read_error(path, exc, kind="checkpoint"):
     return UserError(f"{path}: unreadable {kind} ({(str(exc).splitlines() or [type(exc).__name__])[0]})")
 
 
+def open_checkpoint(prefix, context=""):
+    """TensorFlow's reader of the checkpoint ``prefix``; a damaged or missing one is a one-line UserError
+    (``context`` is put in front of the message, e.g. ``"cannot resume: "``)."""
+    import tensorflow as tf
+
+    try:
+        return tf.train.load_checkpoint(str(prefix))
+    except (tf.errors.OpError, *READ_ERRORS) as exc:
+        raise UserError(context + str(read_error(prefix, exc))) from None
+
+
 def latest_checkpoint_in(directory):
     """Prefix of the checkpoint ``DIR/checkpoint`` names as the latest, or None if the directory has no such file.
 
